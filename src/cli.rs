@@ -1,0 +1,203 @@
+//! Command-line interface: argument parsing and exit codes only.
+//!
+//! | command | does |
+//! |---|---|
+//! | `interlock run --config DIR` | serve until SIGTERM/SIGINT |
+//! | `interlock check [DIR]` | compile the config; print a summary or every error (exit 1) |
+//! | `interlock schema KIND` / `--out DIR` | JSON Schema of the config files for editors |
+//! | `interlock demo` | simulated vendor APIs + the gateway in front of them |
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, units};
+
+/// Interlock: an API gateway for the traffic between security tools.
+#[derive(Debug, Parser)]
+#[command(name = "interlock", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The policies directory.
+        #[arg(long, short, env = "INTERLOCK_CONFIG", default_value = "policies")]
+        config: PathBuf,
+    },
+    /// Compile the policies directory and report every error, or a summary.
+    Check {
+        /// The policies directory.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+    /// Print the JSON Schema of a config file kind (for editor validation).
+    Schema {
+        /// Which file kind.
+        #[arg(value_enum, required_unless_present = "out")]
+        kind: Option<SchemaKind>,
+        /// Write every kind as `<kind>.schema.json` into this directory instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Start simulated vendor APIs and the gateway in front of them, and print commands to try.
+    Demo {
+        /// Policies to use; default `policies/demo` if present, else the copy built into the binary.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Config file kinds with a schema.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SchemaKind {
+    /// `gateway.yaml`.
+    Gateway,
+    /// `upstreams/*.yaml`.
+    Upstream,
+    /// `routes/*.yaml`.
+    Routes,
+}
+
+impl SchemaKind {
+    const ALL: [SchemaKind; 3] = [SchemaKind::Gateway, SchemaKind::Upstream, SchemaKind::Routes];
+
+    fn name(self) -> &'static str {
+        match self {
+            SchemaKind::Gateway => "gateway",
+            SchemaKind::Upstream => "upstream",
+            SchemaKind::Routes => "routes",
+        }
+    }
+}
+
+/// The JSON Schema text of one config file kind.
+pub fn schema_json(kind: SchemaKind) -> String {
+    use crate::config::raw::{RawGateway, RawRoute, RawUpstream};
+    let mut schema = match kind {
+        SchemaKind::Gateway => schemars::schema_for!(RawGateway),
+        SchemaKind::Upstream => schemars::schema_for!(RawUpstream),
+        SchemaKind::Routes => schemars::schema_for!(Vec<RawRoute>),
+    };
+    schema.insert("title".to_owned(), format!("Interlock {} file", kind.name()).into());
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// Parses arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { dir } => check(&dir),
+        Command::Schema { kind: Some(k), out: None } => {
+            print!("{}", schema_json(k));
+            ExitCode::SUCCESS
+        }
+        Command::Schema { out, .. } => {
+            let Some(out) = out else { return ExitCode::from(2) };
+            for k in SchemaKind::ALL {
+                let p = out.join(format!("{}.schema.json", k.name()));
+                if let Err(e) = std::fs::create_dir_all(&out).and_then(|_| std::fs::write(&p, schema_json(k))) {
+                    eprintln!("cannot write {}: {e}", p.display());
+                    return ExitCode::from(2);
+                }
+                println!("wrote {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run { config } => run(&config),
+        Command::Demo { config } => crate::demo::main(config),
+    }
+}
+
+fn print_errors(dir: &Path, errors: &[config::ConfigError]) {
+    eprintln!("{}: {} error(s):", dir.display(), errors.len());
+    for e in errors {
+        eprintln!("  {e}");
+    }
+}
+
+fn check(dir: &Path) -> ExitCode {
+    match config::load(dir) {
+        Err(errors) => {
+            print_errors(dir, &errors);
+            ExitCode::from(1)
+        }
+        Ok(c) => {
+            println!("{}: OK", dir.display());
+            println!("listeners:");
+            for l in &c.gateway.listeners {
+                let protos = match (l.http1, l.h2c) {
+                    (true, true) => "http1+h2c",
+                    (true, false) => "http1",
+                    _ => "h2c",
+                };
+                println!("  {:<16} {} ({protos}, max {} connections)", l.name, l.bind, l.max_connections);
+            }
+            println!("  {:<16} {}", "admin", c.gateway.admin_bind);
+            println!("upstreams:");
+            for u in &c.upstreams {
+                let eps: Vec<String> = u.endpoints.iter().map(|e| format!("{}://{}{}", e.scheme, e.authority, e.base_path)).collect();
+                let cred = u.credential.as_ref().map(|c| format!(", credential `{}` as {}", c.id, c.name)).unwrap_or_default();
+                println!("  {:<16} {}{cred}", u.id, eps.join(" "));
+            }
+            println!("routes:");
+            for r in &c.routes {
+                let methods = r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "*".to_owned());
+                let host = match &r.host {
+                    Some(crate::proxy::router::HostPattern::Exact(h)) => h.clone(),
+                    Some(crate::proxy::router::HostPattern::Suffix(s)) => format!("*{s}"),
+                    None => "*".to_owned(),
+                };
+                println!(
+                    "  {:<16} {methods} {host}{} -> {} (timeout {}, max body {})",
+                    r.id,
+                    r.template.shape(),
+                    c.upstreams[r.upstream].id,
+                    units::format_duration(r.timeout),
+                    units::format_size(r.max_body)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Builds the runtime the config asks for.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        b.worker_threads(worker_threads);
+    }
+    b.enable_all().thread_name("interlock").build()
+}
+
+fn run(dir: &Path) -> ExitCode {
+    let config = match config::load(dir) {
+        Ok(c) => c,
+        Err(errors) => {
+            print_errors(dir, &errors);
+            return ExitCode::from(1);
+        }
+    };
+    crate::telemetry::init_logging(&config.gateway.log);
+    let rt = match runtime(config.gateway.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(crate::app::run(dir, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("interlock: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! Compiling the `policies/` directory into a [`Config`], collecting every error at once.
+//!
+//! Layout read here:
+//!
+//! ```text
+//! policies/
+//!   gateway.yaml          listeners, admin, limits, logging        (required)
+//!   upstreams/*.yaml      one upstream per file
+//!   routes/*.yaml         a list of routes per file
+//! ```
+//!
+//! Each file is parsed independently, so one broken file never hides the errors of another; then
+//! cross-file checks (duplicate ids, missing upstreams, shadowed routes) run over whatever parsed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use http::{Method, Uri};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use super::raw::{DurationText, RawGateway, RawRoute, RawUpstream, SizeText};
+use super::units::{parse_duration, parse_size};
+use super::yaml::{self, Sp};
+use super::{
+    Config, ConfigError, Endpoint, Gateway, IpNet, Limits, Listener, LogSettings, Origin, Route, Upstream,
+    UpstreamProtocol,
+};
+use crate::credentials::{HeaderCredential, SecretRef};
+use crate::proxy::router::{HostPattern, Rewrite, RouterBuilder, Template, MAX_CAPTURES};
+
+/// Default admin address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+/// Collects errors for one file.
+struct Errs<'a> {
+    file: &'a Path,
+    out: &'a mut Vec<ConfigError>,
+}
+
+impl Errs<'_> {
+    fn push<T>(&mut self, at: &Sp<T>, key: &str, msg: impl Into<String>) {
+        self.out.push(ConfigError::at(self.file, Some(at.line), key, msg.into()));
+    }
+    fn push_line(&mut self, line: Option<usize>, key: &str, msg: impl Into<String>) {
+        self.out.push(ConfigError::at(self.file, line, key, msg.into()));
+    }
+    fn duration(&mut self, v: &Option<Sp<DurationText>>, key: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(sp) => parse_duration(&sp.value.0).unwrap_or_else(|e| {
+                self.push(sp, key, e);
+                default
+            }),
+        }
+    }
+    fn size(&mut self, v: &Option<Sp<SizeText>>, key: &str, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(sp) => parse_size(&sp.value.0).unwrap_or_else(|e| {
+                self.push(sp, key, e);
+                default
+            }),
+        }
+    }
+}
+
+/// Reads and compiles the policies directory. On failure, returns every error found.
+pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    if !dir.is_dir() {
+        errors.push(ConfigError::at(dir, None, "", "is not a directory: pass the policies directory (e.g. `--config policies/`)".to_owned()));
+        return Err(errors);
+    }
+    check_layout(dir, &mut errors);
+
+    let gw_path = dir.join("gateway.yaml");
+    let gateway = match std::fs::read_to_string(&gw_path) {
+        Ok(text) => {
+            let parsed = yaml::parse::<RawGateway>(&gw_path, &text, &mut errors);
+            parsed.map(|p| compile_gateway(&gw_path, p.value, &mut errors))
+        }
+        Err(e) => {
+            errors.push(ConfigError::at(&gw_path, None, "", format!("cannot read: {e} (every policies directory needs a gateway.yaml)")));
+            None
+        }
+    };
+
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for path in yaml_files(&dir.join("upstreams"), &mut errors) {
+        let Some(text) = read(&path, &mut errors) else { continue };
+        let Some(parsed) = yaml::parse::<RawUpstream>(&path, &text, &mut errors) else { continue };
+        if let Some(u) = compile_upstream(dir, &path, parsed.value, &mut errors) {
+            if let Some(prev) = upstreams.iter().find(|p| p.id == u.id) {
+                errors.push(ConfigError::at(&path, Some(u.origin.line), "id", format!("duplicate upstream id `{}` (first defined at {})", u.id, prev.origin)));
+            } else {
+                upstreams.push(u);
+            }
+        }
+    }
+
+    let mut routes: Vec<Route> = Vec::new();
+    let default_limits = gateway.as_ref().map(|g| g.limits.clone()).unwrap_or_else(default_limits);
+    for path in yaml_files(&dir.join("routes"), &mut errors) {
+        let Some(text) = read(&path, &mut errors) else { continue };
+        let Some(parsed) = yaml::parse::<Vec<RawRoute>>(&path, &text, &mut errors) else { continue };
+        for (i, raw) in parsed.value.into_iter().enumerate() {
+            let key = format!("[{i}]");
+            if let Some(r) = compile_route(&path, &key, raw, &upstreams, &default_limits, &mut errors) {
+                if let Some(prev) = routes.iter().find(|p| p.id == r.id) {
+                    errors.push(ConfigError::at(&path, Some(r.origin.line), &format!("{key}.id"), format!("duplicate route id `{}` (first defined at {})", r.id, prev.origin)));
+                } else {
+                    routes.push(r);
+                }
+            }
+        }
+    }
+    check_overlaps(&routes, &mut errors);
+
+    let Some(gateway) = gateway else { return Err(errors) };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut builder = RouterBuilder::default();
+    for (i, r) in routes.iter().enumerate() {
+        builder.add(i, r.template.clone(), r.host.clone(), r.methods.clone());
+    }
+    Ok(Config { dir: dir.to_path_buf(), gateway, upstreams, routes, router: builder.build() })
+}
+
+/// Unknown entries in the directory are errors: a misspelt `gatway.yaml` must not be ignored.
+fn check_layout(dir: &Path, errors: &mut Vec<ConfigError>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.path().is_dir();
+        let known = match name.as_str() {
+            "gateway.yaml" => !is_dir,
+            "upstreams" | "routes" => is_dir,
+            "callers.yaml" | "mappings" => false,
+            // Other directories (certs/, secrets/, demo/) may sit beside the config.
+            _ => is_dir || name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")),
+        };
+        if !known {
+            let msg = match name.as_str() {
+                "callers.yaml" | "mappings" => format!("`{name}` is not supported by this version of Interlock yet; remove it"),
+                _ => format!("unexpected `{name}`: the policies directory holds gateway.yaml, upstreams/ and routes/"),
+            };
+            errors.push(ConfigError::at(&e.path(), None, "", msg));
+        }
+    }
+}
+
+fn yaml_files(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            errors.push(ConfigError::at(dir, None, "", format!("cannot list: {e}")));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn read(path: &Path, errors: &mut Vec<ConfigError>) -> Option<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| errors.push(ConfigError::at(path, None, "", format!("cannot read: {e}"))))
+        .ok()
+}
+
+fn default_limits() -> Limits {
+    Limits {
+        max_header_bytes: 32 * 1024,
+        max_headers: 100,
+        max_body: 10 * 1024 * 1024,
+        header_read_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(60),
+    }
+}
+
+fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> Gateway {
+    let mut e = Errs { file, out };
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        let bind = match l.bind.value.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                e.push(&l.bind, &format!("{key}.bind"), format!("`{}` is not an address like `0.0.0.0:8080`", l.bind.value));
+                continue;
+            }
+        };
+        let (mut http1, mut h2c) = (true, true);
+        if let Some(ps) = &l.protocols {
+            http1 = false;
+            h2c = false;
+            for p in ps {
+                match p.value.as_str() {
+                    "http1" => http1 = true,
+                    "h2c" => h2c = true,
+                    other => e.push(p, &format!("{key}.protocols"), format!("unknown protocol `{other}`: use `http1` or `h2c`")),
+                }
+            }
+            if !http1 && !h2c {
+                e.push(&l.bind, &format!("{key}.protocols"), "a listener needs at least one protocol");
+            }
+        }
+        if listeners.iter().any(|x: &Listener| x.bind == bind) {
+            e.push(&l.bind, &format!("{key}.bind"), format!("`{bind}` is bound by another listener"));
+        }
+        let max_connections = match &l.max_connections {
+            Some(m) if m.value == 0 => {
+                e.push(m, &format!("{key}.max_connections"), "must be at least 1");
+                1
+            }
+            Some(m) => usize::try_from(m.value).unwrap_or(usize::MAX),
+            None => 10_000,
+        };
+        listeners.push(Listener {
+            name: l.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("listener-{i}")),
+            bind,
+            max_connections,
+            http1,
+            h2c,
+        });
+    }
+    let admin_bind = match raw.admin.as_ref().and_then(|a| a.bind.as_ref()) {
+        None => DEFAULT_ADMIN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9901))),
+        Some(b) => match b.value.parse::<SocketAddr>() {
+            Ok(a) => {
+                if listeners.iter().any(|l| l.bind == a) {
+                    e.push(b, "admin.bind", format!("`{a}` is also a data-plane listener; the admin API needs its own port"));
+                }
+                a
+            }
+            Err(_) => {
+                e.push(b, "admin.bind", format!("`{}` is not an address like `127.0.0.1:9901`", b.value));
+                SocketAddr::from(([127, 0, 0, 1], 9901))
+            }
+        },
+    };
+    let d = default_limits();
+    let limits = match &raw.limits {
+        None => d,
+        Some(l) => Limits {
+            max_header_bytes: usize::try_from(e.size(&l.max_header_bytes, "limits.max_header_bytes", d.max_header_bytes as u64)).unwrap_or(usize::MAX),
+            max_headers: match &l.max_headers {
+                Some(n) if n.value == 0 || n.value > 1000 => {
+                    e.push(n, "limits.max_headers", "must be between 1 and 1000");
+                    d.max_headers
+                }
+                Some(n) => n.value as usize,
+                None => d.max_headers,
+            },
+            max_body: e.size(&l.max_body, "limits.max_body", d.max_body),
+            header_read_timeout: e.duration(&l.header_read_timeout, "limits.header_read_timeout", d.header_read_timeout),
+            request_timeout: e.duration(&l.request_timeout, "limits.request_timeout", d.request_timeout),
+        },
+    };
+    if limits.max_header_bytes > 1024 * 1024 {
+        e.push_line(None, "limits.max_header_bytes", "must be at most 1MiB");
+    }
+    if limits.header_read_timeout.is_zero() || limits.request_timeout.is_zero() {
+        e.push_line(None, "limits", "timeouts must be greater than zero");
+    }
+    let mut trusted_proxies = Vec::new();
+    if let Some(f) = &raw.forwarded {
+        for (i, t) in f.trusted_proxies.iter().enumerate() {
+            match IpNet::parse(&t.value) {
+                Ok(n) => trusted_proxies.push(n),
+                Err(m) => e.push(t, &format!("forwarded.trusted_proxies[{i}]"), m),
+            }
+        }
+    }
+    let request_id_header = match raw.request_id.as_ref().and_then(|r| r.header.as_ref()) {
+        None => HeaderName::from_static("x-request-id"),
+        Some(h) => HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes()).unwrap_or_else(|_| {
+            e.push(h, "request_id.header", format!("`{}` is not a valid header name", h.value));
+            HeaderName::from_static("x-request-id")
+        }),
+    };
+    let mut server_names = Vec::new();
+    for (i, n) in raw.server_names.iter().enumerate() {
+        match HostPattern::parse(&n.value) {
+            Ok(HostPattern::Exact(h)) => server_names.push(h),
+            _ => e.push(n, &format!("server_names[{i}]"), format!("`{}` must be a plain host name such as `interlock.corp`", n.value)),
+        }
+    }
+    let log = raw.log.as_ref();
+    let json = match log.and_then(|l| l.format.as_ref()) {
+        None => true,
+        Some(f) => match f.value.as_str() {
+            "json" => true,
+            "pretty" => false,
+            other => {
+                e.push(f, "log.format", format!("unknown format `{other}`: use `json` or `pretty`"));
+                true
+            }
+        },
+    };
+    let level = log.and_then(|l| l.level.as_ref()).map(|l| l.value.clone()).unwrap_or_else(|| "info".to_owned());
+    let shutdown_grace = e.duration(&raw.shutdown.as_ref().and_then(|s| s.grace.clone()), "shutdown.grace", Duration::from_secs(30));
+    let worker_threads = raw.runtime.as_ref().and_then(|r| r.worker_threads.as_ref()).map(|w| w.value as usize).unwrap_or(0);
+    let watch = raw.reload.as_ref().and_then(|r| r.watch).unwrap_or(true);
+    let watch_debounce = e.duration(&raw.reload.as_ref().and_then(|r| r.debounce.clone()), "reload.debounce", Duration::from_millis(250));
+    Gateway {
+        listeners,
+        admin_bind,
+        server_names,
+        limits,
+        trusted_proxies,
+        request_id_header,
+        trust_incoming_request_id: raw.request_id.as_ref().and_then(|r| r.trust_incoming).unwrap_or(true),
+        shutdown_grace,
+        log: LogSettings { json, level },
+        worker_threads,
+        watch,
+        watch_debounce,
+    }
+}
+
+fn compile_upstream(dir: &Path, file: &Path, raw: RawUpstream, out: &mut Vec<ConfigError>) -> Option<Upstream> {
+    let mut e = Errs { file, out };
+    let id = raw.id.value.clone();
+    if !valid_id(&id) {
+        e.push(&raw.id, "id", format!("`{id}` must be letters, digits, `-`, `_` or `.`"));
+    }
+    if raw.endpoints.is_empty() {
+        e.push(&raw.id, "endpoints", "an upstream needs at least one endpoint URL");
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in raw.endpoints.iter().enumerate() {
+        match parse_endpoint(&ep.value) {
+            Ok(x) => endpoints.push(x),
+            Err(m) => e.push(ep, &format!("endpoints[{i}]"), m),
+        }
+    }
+    let protocol = match raw.protocol.as_ref().map(|p| (p, p.value.as_str())) {
+        None | Some((_, "auto")) => UpstreamProtocol::Auto,
+        Some((_, "http1")) => UpstreamProtocol::Http1,
+        Some((_, "http2")) => UpstreamProtocol::Http2,
+        Some((p, other)) => {
+            e.push(p, "protocol", format!("unknown protocol `{other}`: use `auto`, `http1` or `http2`"));
+            UpstreamProtocol::Auto
+        }
+    };
+    let mut ca_certs = Vec::new();
+    let tls = raw.tls.unwrap_or_default();
+    if let Some(ca) = &tls.ca {
+        let p = dir.join(&ca.value);
+        match CertificateDer::pem_file_iter(&p) {
+            Ok(iter) => {
+                for c in iter {
+                    match c {
+                        Ok(c) => ca_certs.push(c),
+                        Err(err) => e.push(ca, "tls.ca", format!("`{}` has an unreadable certificate: {err}", p.display())),
+                    }
+                }
+                if ca_certs.is_empty() {
+                    e.push(ca, "tls.ca", format!("`{}` contains no PEM certificates", p.display()));
+                }
+            }
+            Err(err) => e.push(ca, "tls.ca", format!("cannot read `{}`: {err}", p.display())),
+        }
+    }
+    let system_roots = tls.system_roots.unwrap_or(true);
+    if !system_roots && ca_certs.is_empty() && endpoints.iter().any(|x: &Endpoint| x.scheme == Scheme::HTTPS) {
+        e.push(&raw.id, "tls", "https endpoints need trusted roots: set `tls.ca` or keep `system_roots: true`");
+    }
+    let connect_timeout = e.duration(&raw.connect_timeout, "connect_timeout", Duration::from_secs(5));
+    let timeout = raw.timeout.as_ref().map(|t| e.duration(&Some(t.clone()), "timeout", Duration::from_secs(60)));
+    let pool = raw.pool.unwrap_or_default();
+    let pool_idle_timeout = e.duration(&pool.idle_timeout, "pool.idle_timeout", Duration::from_secs(90));
+    let pool_max_idle_per_host = pool.max_idle_per_host.as_ref().map(|m| m.value as usize).unwrap_or(256);
+
+    let credential = raw.credential.and_then(|c| {
+        let name = match HeaderName::from_bytes(c.header.value.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                e.push(&c.header, "credential.header", format!("`{}` is not a valid header name", c.header.value));
+                return None;
+            }
+        };
+        let secret_ref = SecretRef::parse(&c.value.value);
+        if matches!(secret_ref, SecretRef::Inline(_)) && !raw.dev_fixture {
+            e.push(&c.value, "credential.value", "inline secret: write `env:NAME` or `file:path` (or mark this file `dev_fixture: true` for local testing)");
+            return None;
+        }
+        let secret = match secret_ref.resolve(dir) {
+            Ok(s) => s,
+            Err(m) => {
+                e.push(&c.value, "credential.value", m);
+                return None;
+            }
+        };
+        let cid = c.id.as_ref().map(|i| i.value.clone()).unwrap_or_else(|| id.clone());
+        let prefix = c.prefix.as_ref().map(|p| p.value.as_str()).unwrap_or("");
+        match HeaderCredential::new(cid, name, prefix, &secret) {
+            Ok(h) => Some(h),
+            Err(m) => {
+                e.push(&c.value, "credential.value", m);
+                None
+            }
+        }
+    });
+    let mut strip_headers = Vec::new();
+    for (i, h) in raw.strip_headers.iter().enumerate() {
+        match HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => strip_headers.push(n),
+            Err(_) => e.push(h, &format!("strip_headers[{i}]"), format!("`{}` is not a valid header name", h.value)),
+        }
+    }
+    if let Some(c) = &credential {
+        if !strip_headers.contains(&c.name) {
+            strip_headers.push(c.name.clone());
+        }
+    }
+    Some(Upstream {
+        id,
+        origin: Origin { file: file.to_path_buf(), line: raw.id.line },
+        endpoints,
+        protocol,
+        ca_certs,
+        system_roots,
+        connect_timeout,
+        timeout,
+        pool_idle_timeout,
+        pool_max_idle_per_host,
+        credential,
+        strip_headers,
+    })
+}
+
+fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    let uri: Uri = text.parse().map_err(|_| format!("`{text}` is not a URL like `https://api.vendor.com/v3`"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
+        _ => return Err(format!("`{text}` must start with `http://` or `https://`")),
+    };
+    let authority: Authority = uri.authority().cloned().ok_or_else(|| format!("`{text}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("endpoint URLs may not carry user:password; use `credential` with a secret reference".to_owned());
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{text}` may not have a query string"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Endpoint { scheme, authority, base_path })
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn compile_route(
+    file: &Path,
+    key: &str,
+    raw: RawRoute,
+    upstreams: &[Upstream],
+    limits: &Limits,
+    out: &mut Vec<ConfigError>,
+) -> Option<Route> {
+    let mut e = Errs { file, out };
+    let id = raw.id.value.clone();
+    if !valid_id(&id) {
+        e.push(&raw.id, &format!("{key}.id"), format!("`{id}` must be letters, digits, `-`, `_` or `.`"));
+    }
+    let template = match Template::parse(&raw.matcher.path.value) {
+        Ok(t) if t.param_names().count() > MAX_CAPTURES => {
+            e.push(&raw.matcher.path, &format!("{key}.match.path"), format!("at most {MAX_CAPTURES} captures per path"));
+            None
+        }
+        Ok(t) => Some(t),
+        Err(m) => {
+            e.push(&raw.matcher.path, &format!("{key}.match.path"), m);
+            None
+        }
+    };
+    let host = raw.matcher.host.as_ref().and_then(|h| {
+        HostPattern::parse(&h.value).map_err(|m| e.push(h, &format!("{key}.match.host"), m)).ok()
+    });
+    let methods = raw.matcher.methods.as_ref().map(|ms| {
+        let mut v = Vec::new();
+        for m in ms {
+            match Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()) {
+                Ok(Method::CONNECT) => e.push(m, &format!("{key}.match.methods"), "CONNECT cannot be routed"),
+                Ok(x) if !v.contains(&x) => v.push(x),
+                Ok(_) => {}
+                Err(_) => e.push(m, &format!("{key}.match.methods"), format!("`{}` is not an HTTP method", m.value)),
+            }
+        }
+        v
+    });
+    if matches!(&methods, Some(v) if v.is_empty()) {
+        e.push(&raw.matcher.path, &format!("{key}.match.methods"), "list at least one method, or leave `methods` out to accept any");
+    }
+    let upstream = upstreams.iter().position(|u| u.id == raw.upstream.value);
+    if upstream.is_none() {
+        let known: Vec<&str> = upstreams.iter().map(|u| u.id.as_str()).collect();
+        e.push(&raw.upstream, &format!("{key}.upstream"), format!("no upstream `{}` (defined: {})", raw.upstream.value, if known.is_empty() { "none".to_owned() } else { known.join(", ") }));
+    }
+    let rewrite = match (&raw.rewrite, &template) {
+        (Some(rw), Some(t)) => match Rewrite::parse(&rw.value, t) {
+            Ok(r) => Some(r),
+            Err(m) => {
+                e.push(rw, &format!("{key}.rewrite"), m);
+                None
+            }
+        },
+        _ => None,
+    };
+    let upstream_timeout = upstream.and_then(|u| upstreams[u].timeout);
+    let timeout = e.duration(&raw.timeout, &format!("{key}.timeout"), upstream_timeout.unwrap_or(limits.request_timeout));
+    let max_body = e.size(&raw.max_body, &format!("{key}.max_body"), limits.max_body);
+    Some(Route {
+        id,
+        origin: Origin { file: file.to_path_buf(), line: raw.id.line },
+        template: template?,
+        host,
+        methods,
+        upstream: upstream?,
+        rewrite,
+        upgrade: raw.upgrade,
+        timeout,
+        max_body,
+    })
+}
+
+/// Two routes with the same host, the same path shape and a common method: the later one can never
+/// be chosen for that method.
+fn check_overlaps(routes: &[Route], errors: &mut Vec<ConfigError>) {
+    let mut seen: HashMap<(String, Option<crate::proxy::router::HostPattern>), Vec<usize>> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        let k = (r.template.shape(), r.host.clone());
+        let earlier = seen.entry(k).or_default();
+        for &j in earlier.iter() {
+            let p = &routes[j];
+            let common: Vec<String> = match (&p.methods, &r.methods) {
+                (None, _) | (_, None) => vec!["any method".to_owned()],
+                (Some(a), Some(b)) => a.iter().filter(|m| b.contains(m)).map(|m| m.to_string()).collect(),
+            };
+            if !common.is_empty() {
+                errors.push(ConfigError::at(
+                    &r.origin.file,
+                    Some(r.origin.line),
+                    "match",
+                    format!(
+                        "route `{}` is unreachable for {}: route `{}` ({}) matches the same host and path first; narrow `methods` or change the path",
+                        r.id,
+                        common.join(", "),
+                        p.id,
+                        p.origin
+                    ),
+                ));
+            }
+        }
+        earlier.push(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn base() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "gateway.yaml", "listeners:\n  - bind: 127.0.0.1:0\n");
+        write(d.path(), "upstreams/vt.yaml", "id: vt\nendpoints: [http://127.0.0.1:1/api/v3/]\n");
+        d
+    }
+
+    #[test]
+    fn a_valid_directory_compiles() {
+        let d = base();
+        write(d.path(), "routes/r.yaml", "- id: vt-file\n  match: { path: \"/vt/files/{hash}\", methods: [get] }\n  upstream: vt\n  rewrite: /files/{hash}\n");
+        let c = load(d.path()).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].methods, Some(vec![Method::GET]));
+        assert_eq!(c.upstreams[0].endpoints[0].base_path, "/api/v3");
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_file_line_and_key() {
+        let d = base();
+        write(d.path(), "gateway.yaml", "listeners:\n  - bind: nope\nlimits:\n  max_body: 10 MiB\n  request_timeout: 5x\n");
+        write(d.path(), "upstreams/dup.yaml", "id: vt\nendpoints: [ftp://x]\ncredential: { header: x-apikey, value: s3cr3t-inline }\n");
+        write(
+            d.path(),
+            "routes/r.yaml",
+            "- id: a\n  match: { path: \"/a/{id}\" }\n  upstream: missing\n  timeoutt: 1s\n- id: b\n  match: { path: \"/a/{other}\" }\n  upstream: vt\n",
+        );
+        let errs = load(d.path()).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let has = |needle: &str| shown.iter().any(|s| s.contains(needle));
+        assert!(has("gateway.yaml:2: listeners[0].bind"), "{shown:#?}");
+        assert!(has("gateway.yaml:4: limits.max_body"), "{shown:#?}");
+        assert!(has("gateway.yaml:5: limits.request_timeout"), "{shown:#?}");
+        assert!(has("dup.yaml:2: endpoints[0]"), "{shown:#?}");
+        assert!(has("dup.yaml:3: credential.value: inline secret"), "{shown:#?}");
+        assert!(has("vt.yaml:1: id: duplicate upstream id `vt` (first defined at"), "{shown:#?}");
+        assert!(has("r.yaml:3: [0].upstream: no upstream `missing`"), "{shown:#?}");
+        assert!(has("r.yaml:4: [0].timeoutt: unknown key"), "{shown:#?}");
+        assert!(shown.iter().all(|s| !s.contains("s3cr3t-inline")), "secret leaked: {shown:#?}");
+        assert!(errs.len() >= 8, "{shown:#?}");
+    }
+
+    #[test]
+    fn shadowed_routes_are_errors_disjoint_methods_are_not() {
+        let d = base();
+        write(
+            d.path(),
+            "routes/r.yaml",
+            "- id: a\n  match: { path: \"/a/{id}\", methods: [GET] }\n  upstream: vt\n- id: b\n  match: { path: \"/a/{x}\", methods: [POST] }\n  upstream: vt\n- id: c\n  match: { path: \"/a/{y}\", methods: [POST, PUT] }\n  upstream: vt\n",
+        );
+        let errs = load(d.path()).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].to_string().contains("route `c` is unreachable for POST: route `b`"), "{}", errs[0]);
+        assert_eq!(errs[0].line, Some(7));
+    }
+
+    #[test]
+    fn unknown_files_and_missing_gateway_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "gatway.yaml", "{}\n");
+        let errs = load(d.path()).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(shown.iter().any(|s| s.contains("unexpected `gatway.yaml`")), "{shown:#?}");
+        assert!(shown.iter().any(|s| s.contains("gateway.yaml: cannot read")), "{shown:#?}");
+    }
+
+    #[test]
+    fn file_secrets_and_dev_fixtures() {
+        let d = base();
+        write(d.path(), "secrets/vt.key", "k-123\n");
+        write(d.path(), "upstreams/a.yaml", "id: a\nendpoints: [http://x]\ncredential: { header: x-apikey, value: file:secrets/vt.key }\n");
+        write(d.path(), "upstreams/b.yaml", "id: b\ndev_fixture: true\nendpoints: [http://x]\ncredential: { header: Authorization, prefix: 'Bearer ', value: inline }\n");
+        // `secrets/` is a directory without YAML files: allowed beside the known entries.
+        let c = load(d.path()).unwrap();
+        let a = c.upstream("a").unwrap().credential.as_ref().unwrap();
+        assert_eq!(a.value, "k-123");
+        assert!(c.upstream("a").unwrap().strip_headers.contains(&HeaderName::from_static("x-apikey")));
+        assert_eq!(c.upstream("b").unwrap().credential.as_ref().unwrap().value, "Bearer inline");
+    }
+}

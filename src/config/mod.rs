@@ -1,0 +1,301 @@
+//! Configuration: the `policies/` directory compiled into one immutable [`Config`].
+//!
+//! - `raw.rs`: serde shapes of the YAML files, also the source of the published JSON Schema.
+//! - `yaml.rs`: reading a file while keeping locations and collecting unknown keys.
+//! - `compile.rs`: raw → typed, collecting **every** error with file, line and key.
+//! - `units.rs`: durations and sizes.
+//! - `reload.rs`: the store holding the live snapshot and the reload loop.
+//!
+//! Layers never read this module's types wholesale at runtime: the proxy takes the compiled
+//! router, routes and upstreams of one snapshot; the listener takes its limits.
+
+pub mod compile;
+pub mod raw;
+pub mod reload;
+pub mod units;
+pub mod yaml;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use http::Method;
+
+use crate::credentials::HeaderCredential;
+use crate::proxy::router::{HostPattern, Rewrite, Router, Template};
+
+pub use compile::load;
+
+/// One configuration problem, located as precisely as the source allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given (relative to where the gateway was started when the dir was relative).
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key path inside the file (`routes[1].match.path`), empty for whole-file problems.
+    pub key: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at a line (if known) and key.
+    pub fn at(file: &Path, line: Option<usize>, key: &str, message: String) -> ConfigError {
+        ConfigError { file: file.to_path_buf(), line: line.filter(|l| *l > 0), key: key.to_owned(), message }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Where an item was defined, for `check` output and `/config/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Source file.
+    pub file: PathBuf,
+    /// Line of the item.
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A compiled configuration snapshot. Immutable; reload builds a new one.
+#[derive(Debug)]
+pub struct Config {
+    /// The policies directory it was read from.
+    pub dir: PathBuf,
+    /// Process-wide settings.
+    pub gateway: Gateway,
+    /// Upstreams, indexed by [`Route::upstream`].
+    pub upstreams: Vec<Upstream>,
+    /// Routes, indexed by the router's matches.
+    pub routes: Vec<Route>,
+    /// The route table.
+    pub router: Router,
+}
+
+impl Config {
+    /// The upstream with this id.
+    pub fn upstream(&self, id: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.id == id)
+    }
+}
+
+/// Settings from `gateway.yaml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    /// Data-plane listeners.
+    pub listeners: Vec<Listener>,
+    /// Admin listener address.
+    pub admin_bind: SocketAddr,
+    /// Hosts accepted in HTTP/1.1 absolute-form targets (lower case).
+    pub server_names: Vec<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Peers whose forwarding headers are trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request id header.
+    pub request_id_header: HeaderName,
+    /// Keep well-formed incoming request ids.
+    pub trust_incoming_request_id: bool,
+    /// Drain period on shutdown.
+    pub shutdown_grace: Duration,
+    /// Log format and filter.
+    pub log: LogSettings,
+    /// Worker threads (0 = per core).
+    pub worker_threads: usize,
+    /// Watch the directory for changes.
+    pub watch: bool,
+    /// Quiet period before a watched change is applied.
+    pub watch_debounce: Duration,
+}
+
+/// One data-plane listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Name for logs.
+    pub name: String,
+    /// Bound address.
+    pub bind: SocketAddr,
+    /// Concurrent connection cap.
+    pub max_connections: usize,
+    /// Serve HTTP/1.1.
+    pub http1: bool,
+    /// Serve HTTP/2 with prior knowledge.
+    pub h2c: bool,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Total header bytes.
+    pub max_header_bytes: usize,
+    /// Header field count.
+    pub max_headers: usize,
+    /// Default body limit.
+    pub max_body: u64,
+    /// Time to receive a request head (and idle keep-alive time).
+    pub header_read_timeout: Duration,
+    /// Time from request arrival to the upstream's response head.
+    pub request_timeout: Duration,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// JSON lines (true) or human-readable.
+    pub json: bool,
+    /// `tracing_subscriber::EnvFilter` directive.
+    pub level: String,
+}
+
+/// An IPv4/IPv6 network (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `a.b.c.d`, `a.b.c.d/n`, or the IPv6 forms.
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (a, p) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = a.parse().map_err(|_| format!("`{text}` is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("`{text}` has an invalid prefix length"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// True when `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map(V4).unwrap_or(V6(v6)),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(n), V4(i)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (V6(n), V6(i)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A compiled upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Id.
+    pub id: String,
+    /// Where it was defined.
+    pub origin: Origin,
+    /// Base URLs.
+    pub endpoints: Vec<Endpoint>,
+    /// Protocol towards it.
+    pub protocol: UpstreamProtocol,
+    /// Extra trusted CA certificates (DER).
+    pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Trust the OS roots.
+    pub system_roots: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time to response head, if set on the upstream.
+    pub timeout: Option<Duration>,
+    /// Idle pooled connection lifetime.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections per endpoint.
+    pub pool_max_idle_per_host: usize,
+    /// The injected credential.
+    pub credential: Option<HeaderCredential>,
+    /// Request headers removed before forwarding, in addition to the standard ones.
+    pub strip_headers: Vec<HeaderName>,
+}
+
+impl Upstream {
+    /// True when the connection pool built for `self` can serve `other` unchanged.
+    pub fn same_transport(&self, other: &Upstream) -> bool {
+        self.protocol == other.protocol
+            && self.ca_certs == other.ca_certs
+            && self.system_roots == other.system_roots
+            && self.connect_timeout == other.connect_timeout
+            && self.pool_idle_timeout == other.pool_idle_timeout
+            && self.pool_max_idle_per_host == other.pool_max_idle_per_host
+    }
+}
+
+/// One base URL of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// Path prefix without a trailing slash (`/api/v3`, or empty).
+    pub base_path: String,
+}
+
+/// Protocol towards an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// ALPN on https (h2 preferred), HTTP/1.1 on http.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only (ALPN h2 on https, prior knowledge on http).
+    Http2,
+}
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Id.
+    pub id: String,
+    /// Where it was defined.
+    pub origin: Origin,
+    /// Path template.
+    pub template: Template,
+    /// Host pattern.
+    pub host: Option<HostPattern>,
+    /// Methods (None = any but CONNECT).
+    pub methods: Option<Vec<Method>>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Path rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// Upgrades allowed.
+    pub upgrade: bool,
+    /// Time to response head (route, else upstream, else gateway).
+    pub timeout: Duration,
+    /// Body limit.
+    pub max_body: u64,
+}

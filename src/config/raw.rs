@@ -1,0 +1,266 @@
+//! The serde shapes of the YAML files in `policies/`, exactly as written.
+//!
+//! Nothing here is checked beyond YAML types: the compiler (`compile.rs`) turns these into the typed
+//! [`Config`](super::Config). Values that can be wrong in ways serde cannot see (durations, sizes,
+//! URLs, ids that must exist) are [`Sp`] so their errors can name a line. The JSON Schema published by
+//! `interlock schema` is derived from these types.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+
+use super::yaml::Sp;
+
+/// A duration written as `250ms`, `15s`, `1m`, `1h` or `1d`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DurationText(pub String);
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(0|[0-9]+(ms|s|m|h|d))$",
+            "description": "A duration: a whole number and a unit (ms, s, m, h, d), e.g. `250ms`, `15s`, `1m`."
+        })
+    }
+}
+
+/// A size written as `512B`, `32KiB`, `10MiB`, `1GiB` (or decimal `KB`, `MB`, `GB`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SizeText(pub String);
+
+impl JsonSchema for SizeText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(B|KiB|MiB|GiB|KB|MB|GB)?$",
+            "description": "A size in bytes with an optional unit, e.g. `32KiB`, `10MiB`."
+        })
+    }
+}
+
+/// `gateway.yaml`: listeners, admin, limits and process-wide settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Plain-HTTP (HTTP/1.1 and h2c) listeners for tool traffic.
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    /// The admin listener (health, readiness, reload, config status). Never shares a data-plane port.
+    pub admin: Option<RawAdmin>,
+    /// Host names this gateway answers for; an HTTP/1.1 absolute-form target naming any other host is rejected.
+    #[serde(default)]
+    pub server_names: Vec<Sp<String>>,
+    /// Request limits applied before anything is forwarded.
+    pub limits: Option<RawLimits>,
+    /// `Forwarded` / `X-Forwarded-*` handling.
+    pub forwarded: Option<RawForwarded>,
+    /// Request id generation and propagation.
+    pub request_id: Option<RawRequestId>,
+    /// Graceful shutdown.
+    pub shutdown: Option<RawShutdown>,
+    /// Process log output.
+    pub log: Option<RawLog>,
+    /// Tokio runtime sizing (read at start-up only).
+    pub runtime: Option<RawRuntime>,
+    /// Hot reload behaviour.
+    pub reload: Option<RawReload>,
+}
+
+/// One data-plane listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawListener {
+    /// Name used in logs and metrics.
+    pub name: Option<Sp<String>>,
+    /// Socket address to bind, e.g. `0.0.0.0:8080` or `127.0.0.1:8080`.
+    pub bind: Sp<String>,
+    /// Maximum concurrent connections; further clients wait in the kernel backlog.
+    pub max_connections: Option<Sp<u64>>,
+    /// Protocols served: `http1`, `h2c` (HTTP/2 prior knowledge). Default both.
+    pub protocols: Option<Vec<Sp<String>>>,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Socket address; default `127.0.0.1:9901`.
+    pub bind: Option<Sp<String>>,
+}
+
+/// Limits on what a client may send.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Total bytes of request header names and values; more → 431. Default `32KiB`.
+    pub max_header_bytes: Option<Sp<SizeText>>,
+    /// Number of request header fields; more → 431. Default `100`.
+    pub max_headers: Option<Sp<u64>>,
+    /// Request body size; more → 413. Default `10MiB`. Routes may lower or raise it.
+    pub max_body: Option<Sp<SizeText>>,
+    /// Time a client has to send the whole request head; slower → connection closed. Default `10s`.
+    pub header_read_timeout: Option<Sp<DurationText>>,
+    /// Time from request arrival to the upstream's response head; longer → 504. Default `60s`.
+    pub request_timeout: Option<Sp<DurationText>>,
+}
+
+/// Trust of incoming forwarding headers.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawForwarded {
+    /// Peers (IP or CIDR) whose `Forwarded`/`X-Forwarded-*` headers are kept and appended to.
+    /// From any other peer they are removed and rebuilt. Default: trust no one.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Sp<String>>,
+}
+
+/// Request id handling.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRequestId {
+    /// Header carrying the id in and out. Default `x-request-id`.
+    pub header: Option<Sp<String>>,
+    /// Keep a well-formed id sent by the client (≤128 chars of `A-Za-z0-9._:-`). Default true.
+    pub trust_incoming: Option<bool>,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawShutdown {
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default `30s`.
+    pub grace: Option<Sp<DurationText>>,
+}
+
+/// Process logs.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawLog {
+    /// `json` (default) or `pretty`.
+    pub format: Option<Sp<String>>,
+    /// Filter such as `info` or `interlock=debug,hyper=warn`. `INTERLOCK_LOG` overrides it.
+    pub level: Option<Sp<String>>,
+}
+
+/// Runtime sizing.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Worker threads; 0 or absent = one per CPU core.
+    pub worker_threads: Option<Sp<u64>>,
+}
+
+/// Hot reload.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawReload {
+    /// Watch the policies directory and reload on change. Default true.
+    pub watch: Option<bool>,
+    /// Quiet period after the last file change before reloading. Default `250ms`.
+    pub debounce: Option<Sp<DurationText>>,
+}
+
+/// `upstreams/<id>.yaml`: one vendor API.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Unique id, referenced by routes.
+    pub id: Sp<String>,
+    /// Marks the file as a development fixture: inline secrets are then allowed.
+    #[serde(default)]
+    pub dev_fixture: bool,
+    /// Base URLs (`https://api.vendor.com/v3`); requests are spread over them in turn.
+    pub endpoints: Vec<Sp<String>>,
+    /// Upstream protocol: `auto` (ALPN on https, HTTP/1.1 on http; default), `http1`, `http2`.
+    pub protocol: Option<Sp<String>>,
+    /// TLS to the upstream.
+    pub tls: Option<RawUpstreamTls>,
+    /// TCP connect timeout. Default `5s`.
+    pub connect_timeout: Option<Sp<DurationText>>,
+    /// Time to the upstream's response head, overriding the gateway's `request_timeout`.
+    pub timeout: Option<Sp<DurationText>>,
+    /// Connection pool.
+    pub pool: Option<RawPool>,
+    /// The credential the gateway injects (callers never hold it).
+    pub credential: Option<RawCredential>,
+    /// Extra request headers removed before forwarding (e.g. a vendor key header a tool might still send).
+    #[serde(default)]
+    pub strip_headers: Vec<Sp<String>>,
+}
+
+/// Upstream TLS.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM file of extra CA certificates to trust (path relative to the policies directory).
+    pub ca: Option<Sp<String>>,
+    /// Also trust the operating system's roots. Default true.
+    pub system_roots: Option<bool>,
+}
+
+/// Upstream connection pool.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawPool {
+    /// Idle connections are closed after this. Default `90s`.
+    pub idle_timeout: Option<Sp<DurationText>>,
+    /// Idle connections kept per endpoint. Default 256.
+    pub max_idle_per_host: Option<Sp<u64>>,
+}
+
+/// A static credential injected as a header.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawCredential {
+    /// Credential id shown in logs and audit (never the value). Default: the upstream id.
+    pub id: Option<Sp<String>>,
+    /// Header to set, e.g. `x-apikey` or `authorization`.
+    pub header: Sp<String>,
+    /// Secret reference: `env:NAME` or `file:path`. Inline values only in dev fixtures.
+    pub value: Sp<String>,
+    /// Text put before the secret, e.g. `"Bearer "`.
+    pub prefix: Option<Sp<String>>,
+}
+
+/// One route of a `routes/*.yaml` file (each file holds a list).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique id, used in logs, metrics and errors.
+    pub id: Sp<String>,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    /// Upstream id to forward to.
+    pub upstream: Sp<String>,
+    /// Path on the upstream, appended to its base path: `{name}` inserts a captured segment, `**` the
+    /// rest of a prefix match. Absent: the request path unchanged.
+    pub rewrite: Option<Sp<String>>,
+    /// Allow `Upgrade` (e.g. WebSocket) on this route. Default false.
+    #[serde(default)]
+    pub upgrade: bool,
+    /// Time to the upstream's response head; overrides the upstream and gateway.
+    pub timeout: Option<Sp<DurationText>>,
+    /// Request body limit for this route.
+    pub max_body: Option<Sp<SizeText>>,
+}
+
+/// Route match.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Path template: literal segments, `{name}` captures one segment, a final `**` matches the rest.
+    pub path: Sp<String>,
+    /// Methods; absent = any except CONNECT.
+    pub methods: Option<Vec<Sp<String>>>,
+    /// Host (`api.example.com` or `*.example.com`); absent = any host.
+    pub host: Option<Sp<String>>,
+}

@@ -1,0 +1,323 @@
+//! The one table that turns a failure into an `application/problem+json` answer (RFC 9457).
+//!
+//! Every stage of the request path returns a [`GatewayError`]; [`rescue`] at the edge is the only
+//! place that picks a status, a stable `type` and the client-facing `detail`. Details say what the
+//! client should do and never contain secrets, upstream addresses or internal error text (those go
+//! to the log line for the request instead).
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Response, StatusCode};
+
+use crate::proxy::normalize::PathError;
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
+
+/// Prefix of every problem `type`; the slug after it is stable and documented in `docs/errors.md`.
+pub const PROBLEM_TYPE_BASE: &str = "urn:interlock:problem:";
+
+/// Media type of gateway-made error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything the gateway itself can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The path failed normalisation.
+    #[error("invalid path: {0}")]
+    InvalidPath(#[from] PathError),
+    /// The HTTP/1 message framing was ambiguous or unsupported.
+    #[error("ambiguous framing: {0}")]
+    AmbiguousFraming(&'static str),
+    /// An HTTP/1.1 absolute-form target named a host this gateway does not serve.
+    #[error("absolute-form target for foreign host {host}")]
+    ForeignTarget {
+        /// The host named in the target.
+        host: String,
+    },
+    /// No `Host` (or `:authority`).
+    #[error("missing host")]
+    MissingHost,
+    /// CONNECT is never proxied.
+    #[error("CONNECT is not supported")]
+    ConnectNotSupported,
+    /// An `Upgrade` on a route that does not allow it.
+    #[error("upgrade not allowed on route {route}")]
+    UpgradeNotAllowed {
+        /// The route id.
+        route: String,
+    },
+    /// Too many header fields.
+    #[error("too many headers ({count} > {limit})")]
+    TooManyHeaders {
+        /// Fields received.
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Header section too large.
+    #[error("headers too large ({bytes} > {limit} bytes)")]
+    HeadersTooLarge {
+        /// Bytes received.
+        bytes: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Request body over the limit.
+    #[error("body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// No route for host and path.
+    #[error("no route for {method} {path}")]
+    NoRoute {
+        /// The method.
+        method: Method,
+        /// The normalised path.
+        path: String,
+    },
+    /// A route exists but not for this method.
+    #[error("method {method} not allowed")]
+    MethodNotAllowed {
+        /// The method received.
+        method: Method,
+        /// Methods the path accepts.
+        allowed: Vec<Method>,
+    },
+    /// The overall request deadline passed before the upstream answered.
+    #[error("request timed out after {0:?}")]
+    RequestTimeout(std::time::Duration),
+    /// The upstream failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The gateway is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// A problem answer before it is rendered: status, stable slug, title and client-safe detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable slug appended to [`PROBLEM_TYPE_BASE`].
+    pub slug: &'static str,
+    /// Short, stable summary.
+    pub title: &'static str,
+    /// What happened and what to do, safe to show the caller.
+    pub detail: String,
+}
+
+impl GatewayError {
+    /// The table: status, type and detail for each failure.
+    pub fn problem(&self) -> Problem {
+        use GatewayError as E;
+        let p = |status, slug, title, detail: String| Problem { status, slug, title, detail };
+        match self {
+            E::InvalidPath(e) => p(
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                "Invalid request path",
+                format!("{e}. Send the path without encoded slashes, backslashes, NUL bytes or `..;` segments."),
+            ),
+            E::AmbiguousFraming(why) => p(
+                StatusCode::BAD_REQUEST,
+                "ambiguous-framing",
+                "Ambiguous request framing",
+                format!("{why}. Send either one Content-Length or `Transfer-Encoding: chunked`, not both."),
+            ),
+            E::ForeignTarget { host } => p(
+                StatusCode::BAD_REQUEST,
+                "foreign-target",
+                "Request target names another host",
+                format!("The absolute-form target names `{host}`, which this gateway does not serve; it is not a forward proxy. Send an origin-form path such as `/route/...`."),
+            ),
+            E::MissingHost => p(
+                StatusCode::BAD_REQUEST,
+                "missing-host",
+                "Missing Host header",
+                "Send a Host header naming this gateway.".to_owned(),
+            ),
+            E::ConnectNotSupported => p(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "connect-not-supported",
+                "CONNECT is not supported",
+                "This gateway does not tunnel. Call the route's URL directly.".to_owned(),
+            ),
+            E::UpgradeNotAllowed { route } => p(
+                StatusCode::BAD_REQUEST,
+                "upgrade-not-allowed",
+                "Protocol upgrade not allowed",
+                format!("Route `{route}` does not allow protocol upgrades. Send the request without `Upgrade`, or ask the platform team to set `upgrade: true` on the route."),
+            ),
+            E::TooManyHeaders { count, limit } => p(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request headers too large",
+                format!("The request has {count} header fields; at most {limit} are accepted. Remove unneeded headers."),
+            ),
+            E::HeadersTooLarge { bytes, limit } => p(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request headers too large",
+                format!("The request headers total {bytes} bytes; at most {limit} are accepted. Remove unneeded headers or shorten cookies and tokens."),
+            ),
+            E::BodyTooLarge { limit } => p(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                format!("The request body exceeds this route's limit of {limit} bytes. Send a smaller body or split the request."),
+            ),
+            E::NoRoute { method, path } => p(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "No route",
+                format!("No route matches {method} {path} on this host. Check the URL against the routes your platform team publishes."),
+            ),
+            E::MethodNotAllowed { method, allowed } => {
+                let mut list = String::new();
+                for (i, m) in allowed.iter().enumerate() {
+                    let _ = write!(list, "{}{m}", if i > 0 { ", " } else { "" });
+                }
+                p(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    "Method not allowed",
+                    format!("{method} is not allowed on this path; use one of: {list}."),
+                )
+            }
+            E::RequestTimeout(d) => p(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway-timeout",
+                "Upstream did not answer in time",
+                format!("The upstream did not answer within {} ms. Retry later; if it persists, the vendor API may be degraded.", d.as_millis()),
+            ),
+            E::Upstream(e) => upstream_problem(e),
+            E::ShuttingDown => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                "Gateway shutting down",
+                "This gateway instance is shutting down. Retry; another instance will take the request.".to_owned(),
+            ),
+        }
+    }
+}
+
+fn upstream_problem(e: &UpstreamError) -> Problem {
+    let id = &e.upstream;
+    match e.kind {
+        UpstreamErrorKind::Connect => Problem {
+            status: StatusCode::BAD_GATEWAY,
+            slug: "upstream-unavailable",
+            title: "Upstream unavailable",
+            detail: format!("Could not connect to upstream `{id}`. Retry later; if it persists, tell the platform team."),
+        },
+        UpstreamErrorKind::Timeout => Problem {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            slug: "upstream-timeout",
+            title: "Upstream timed out",
+            detail: format!("Upstream `{id}` did not answer in time. Retry later."),
+        },
+        UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol => Problem {
+            status: StatusCode::BAD_GATEWAY,
+            slug: "upstream-failed",
+            title: "Upstream failed",
+            detail: format!("Upstream `{id}` closed the connection or sent an invalid response. Retry later; if it persists, tell the platform team."),
+        },
+        UpstreamErrorKind::RequestBody => Problem {
+            status: StatusCode::BAD_REQUEST,
+            slug: "request-body-failed",
+            title: "Request body could not be read",
+            detail: "The request body ended early or was malformed. Send the complete body.".to_owned(),
+        },
+    }
+}
+
+/// Renders a problem as the response body and headers. `request_id` is echoed in the body; the
+/// caller adds the request-id header like on every other response.
+pub fn render(problem: &Problem, request_id: &str) -> Response<Bytes> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        title: &'a str,
+        status: u16,
+        detail: &'a str,
+        request_id: &'a str,
+    }
+    let body = Body {
+        kind: format!("{PROBLEM_TYPE_BASE}{}", problem.slug),
+        title: problem.title,
+        status: problem.status.as_u16(),
+        detail: &problem.detail,
+        request_id,
+    };
+    // Serialising plain strings and integers cannot fail.
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut res = Response::new(Bytes::from(bytes));
+    *res.status_mut() = problem.status;
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    res
+}
+
+/// The rescue: renders `err` and adds the headers its status calls for (`Allow`, `Retry-After`).
+pub fn rescue(err: &GatewayError, request_id: &str) -> Response<Bytes> {
+    let problem = err.problem();
+    let mut res = render(&problem, request_id);
+    match err {
+        GatewayError::MethodNotAllowed { allowed, .. } => {
+            let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+                res.headers_mut().insert(ALLOW, v);
+            }
+        }
+        GatewayError::ShuttingDown => {
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_json_shape() {
+        let e = GatewayError::MethodNotAllowed { method: Method::DELETE, allowed: vec![Method::GET, Method::HEAD] };
+        let res = rescue(&e, "req-1");
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(res.headers()[CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(res.headers()[ALLOW], "GET, HEAD");
+        let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(v["type"], "urn:interlock:problem:method-not-allowed");
+        assert_eq!(v["status"], 405);
+        assert_eq!(v["request_id"], "req-1");
+        assert!(v["detail"].as_str().unwrap().contains("GET, HEAD"));
+    }
+
+    #[test]
+    fn every_variant_has_a_distinct_stable_slug_per_status() {
+        let samples = vec![
+            GatewayError::InvalidPath(PathError::Nul),
+            GatewayError::AmbiguousFraming("x"),
+            GatewayError::ForeignTarget { host: "h".into() },
+            GatewayError::MissingHost,
+            GatewayError::ConnectNotSupported,
+            GatewayError::UpgradeNotAllowed { route: "r".into() },
+            GatewayError::TooManyHeaders { count: 2, limit: 1 },
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::NoRoute { method: Method::GET, path: "/".into() },
+            GatewayError::RequestTimeout(std::time::Duration::from_secs(1)),
+            GatewayError::ShuttingDown,
+        ];
+        for e in samples {
+            let p = e.problem();
+            assert!(p.status.is_client_error() || p.status.is_server_error());
+            assert!(!p.detail.is_empty() && p.detail.ends_with('.'), "{p:?}");
+        }
+    }
+}

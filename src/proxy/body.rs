@@ -1,0 +1,120 @@
+//! Body types of the request path: streamed both ways, never buffered.
+//!
+//! [`RequestBody`] forwards the caller's body to the upstream and fails the stream as soon as it
+//! passes the route's limit (invariant 9). [`ResponseBody`] is either the upstream's body, streamed,
+//! or a small gateway-made body (problem+json, admin answers).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// Boxed error of bodies on the request path.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The streamed request body passed the route's `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyLimitExceeded {
+    /// The limit.
+    pub limit: u64,
+}
+
+/// The caller's body on its way upstream, with a byte limit.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    seen: u64,
+    limit: u64,
+}
+
+impl RequestBody {
+    /// Wraps `inner`, failing once more than `limit` bytes have passed.
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody { inner: Some(inner), seen: 0, limit }
+    }
+    /// An empty body (for upgrade requests, whose bytes flow after the 101).
+    pub fn empty() -> RequestBody {
+        RequestBody { inner: None, seen: 0, limit: 0 }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded { limit: this.limit }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(Body::size_hint).unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// A response body: the upstream's, streamed, or a gateway-made one.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// Streamed from the upstream.
+    Upstream(Incoming),
+    /// Made by the gateway (`None` once sent).
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// A gateway-made body.
+    pub fn full(b: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Full(Some(b.into()))
+    }
+    /// No body.
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

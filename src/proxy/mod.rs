@@ -1,0 +1,267 @@
+//! The request path: from a request hyper has parsed to the response sent back.
+//!
+//! [`handle`] is the whole data-plane path in order; each step is a plain function below it or in a
+//! sibling module. See `docs/architecture.md` for the life-of-a-request diagram.
+//!
+//! - `normalize`: the one path normalisation.
+//! - `router`: host/path/method matching and rewrites.
+//! - `headers`: hop-by-hop, caller credentials, forwarding headers, request ids.
+//! - `body`: streamed request and response bodies with limits.
+
+pub mod body;
+pub mod headers;
+pub mod normalize;
+pub mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::error::{rescue, GatewayError};
+use crate::listener::sniff::{Framing, FramingLog};
+use crate::snapshot::Snapshot;
+use crate::upstream::{Failure, UpstreamError};
+use body::{RequestBody, ResponseBody};
+use router::Lookup;
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// HTTP/1 framing verdicts from the connection's sniffer.
+    pub framing: Option<Arc<FramingLog>>,
+}
+
+/// Serves one request on `snap` (loaded by the caller for this request only).
+pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+    let gw = &snap.config.gateway;
+    // The id is settled first so that every answer, including errors, carries it.
+    let request_id = match req.headers().get(&gw.request_id_header) {
+        Some(v) if gw.trust_incoming_request_id && headers::valid_request_id(v) => v.clone(),
+        _ => headers::new_request_id(),
+    };
+    let method = req.method().clone();
+    let mut res = match forward(&snap, conn, req, &request_id).await {
+        Ok(res) => res,
+        Err(err) => {
+            let id = request_id.to_str().unwrap_or("");
+            let status = err.problem().status;
+            if status.is_server_error() {
+                tracing::warn!(request_id = id, %method, status = status.as_u16(), error = %err, "request failed");
+            } else {
+                tracing::debug!(request_id = id, %method, status = status.as_u16(), error = %err, "request refused");
+            }
+            rescue(&err, id).map(ResponseBody::full)
+        }
+    };
+    res.headers_mut().insert(gw.request_id_header.clone(), request_id);
+    res
+}
+
+/// Checks, routes and forwards one request. Every refusal happens before the upstream is contacted.
+async fn forward(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let gw = &snap.config.gateway;
+    // 1. Framing the sniffer saw on the wire (HTTP/1 only; HTTP/2 frames are unambiguous).
+    if req.version() < Version::HTTP_2 {
+        match conn.framing.as_ref().map(|f| f.take()) {
+            None | Some(Some(Framing::Clean)) => {}
+            Some(Some(Framing::Ambiguous(why))) => return Err(GatewayError::AmbiguousFraming(why)),
+            Some(None) => return Err(GatewayError::AmbiguousFraming("the request head could not be verified")),
+        }
+    }
+    // 2. Tunnels are never offered.
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::ConnectNotSupported);
+    }
+    // 3. Header limits.
+    let (count, bytes) = headers::header_size(req.headers());
+    if count > gw.limits.max_headers {
+        return Err(GatewayError::TooManyHeaders { count, limit: gw.limits.max_headers });
+    }
+    if bytes > gw.limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge { bytes, limit: gw.limits.max_header_bytes });
+    }
+    // 4. The host the request is for.
+    let host = request_host(&req, conn, &gw.server_names)?;
+    // 5. One normalised path for routing and forwarding.
+    let path = normalize::normalize(req.uri().path())?;
+    // 6. Route.
+    let m = match snap.config.router.lookup(&host, req.method(), &path) {
+        Lookup::Found(m) => m,
+        Lookup::MethodNotAllowed(allowed) => {
+            return Err(GatewayError::MethodNotAllowed { method: req.method().clone(), allowed })
+        }
+        Lookup::NotFound => {
+            return Err(GatewayError::NoRoute { method: req.method().clone(), path: path.into_owned() })
+        }
+    };
+    let route = &snap.config.routes[m.route];
+    // 7. Upgrades only where the route allows them.
+    let upgrading = req.headers().contains_key(header::UPGRADE);
+    if upgrading && !route.upgrade {
+        return Err(GatewayError::UpgradeNotAllowed { route: route.id.clone() });
+    }
+    // 8. Body limit, up front when the length is declared; streamed bodies are counted in `RequestBody`.
+    if let Some(len) = content_length(req.headers()) {
+        if len > route.max_body {
+            return Err(GatewayError::BodyTooLarge { limit: route.max_body });
+        }
+    }
+    // 9. Target URI: endpoint + base path + (rewritten) path + the original query.
+    let client = &snap.clients[route.upstream];
+    let upstream = &snap.config.upstreams[route.upstream];
+    let ep = client.pick();
+    let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 32);
+    pq.push_str(&ep.base_path);
+    match &route.rewrite {
+        Some(rw) => rw.apply(&m, &mut pq),
+        None => pq.push_str(&path),
+    }
+    if pq.is_empty() {
+        pq.push('/');
+    }
+    if let Some(q) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::InvalidPath(normalize::PathError::BadEscape))?;
+    let uri = Uri::builder()
+        .scheme(ep.scheme.clone())
+        .authority(ep.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::InvalidPath(normalize::PathError::BadEscape))?;
+    // 10. Headers: connection-scoped ones, caller credentials, our Host and forwarding headers, the
+    //     request id, then the injected credential last so nothing can overwrite it.
+    let client_upgrade = if upgrading { Some(hyper::upgrade::on(&mut req)) } else { None };
+    let (mut parts, incoming) = req.into_parts();
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h, upgrading);
+    headers::strip_caller_credentials(h, &upstream.strip_headers);
+    h.remove(header::EXPECT); // hyper answered 100-continue to the caller already
+    h.remove(header::HOST); // the client sets the upstream's own Host / :authority
+    headers::set_forwarded(h, conn.peer, conn.scheme, Some(&host), &gw.trusted_proxies);
+    h.insert(gw.request_id_header.clone(), request_id.clone());
+    if let Some(c) = &upstream.credential {
+        h.insert(c.name.clone(), c.value.clone());
+    }
+    parts.uri = uri;
+    parts.version = Version::HTTP_11; // the pool picks the wire version
+    let out = Request::from_parts(parts, RequestBody::new(incoming, route.max_body));
+    // 11. Send, bounded by the route's deadline to the response head.
+    let res = match tokio::time::timeout(route.timeout, client.send(out)).await {
+        Err(_) => return Err(GatewayError::RequestTimeout(route.timeout)),
+        Ok(Err(e)) => {
+            return Err(match UpstreamError::classify(&upstream.id, e) {
+                Failure::BodyTooLarge(limit) => GatewayError::BodyTooLarge { limit },
+                Failure::Upstream(u) => GatewayError::Upstream(u),
+            })
+        }
+        Ok(Ok(res)) => res,
+    };
+    // 12. A granted upgrade becomes a byte tunnel between the two connections.
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            return Ok(tunnel(res, client_upgrade, upstream.id.clone()));
+        }
+    }
+    let (mut parts, body) = res.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+}
+
+/// The host a request is addressed to, lower-cased without the port.
+fn request_host(req: &Request<Incoming>, conn: &ConnInfo, server_names: &[String]) -> Result<String, GatewayError> {
+    let host_header = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let raw = if req.version() >= Version::HTTP_2 {
+        authority.or(host_header)
+    } else if let Some(target) = authority {
+        // HTTP/1 absolute-form: allowed only for our own names, and it must agree with Host.
+        let target_host = strip_port(target);
+        let ours = server_names.iter().any(|n| n.eq_ignore_ascii_case(target_host))
+            || target_host.eq_ignore_ascii_case("localhost")
+            || target_host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok() == Some(conn.local.ip());
+        if !ours {
+            return Err(GatewayError::ForeignTarget { host: target_host.chars().take(255).collect() });
+        }
+        if let Some(h) = host_header {
+            if !strip_port(h).eq_ignore_ascii_case(target_host) {
+                return Err(GatewayError::ForeignTarget { host: target_host.chars().take(255).collect() });
+            }
+        }
+        Some(target)
+    } else {
+        host_header
+    };
+    match raw {
+        Some(h) => Ok(strip_port(h).to_ascii_lowercase()),
+        None if req.version() == Version::HTTP_10 => Ok(String::new()),
+        None => Err(GatewayError::MissingHost),
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Answers 101 to the caller and splices the two upgraded connections together.
+fn tunnel(mut res: Response<Incoming>, client_upgrade: hyper::upgrade::OnUpgrade, upstream: String) -> Response<ResponseBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut res);
+    tokio::spawn(async move {
+        let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(%upstream, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut a = hyper_util::rt::TokioIo::new(client_io);
+        let mut b = hyper_util::rt::TokioIo::new(upstream_io);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+            tracing::debug!(%upstream, error = %e, "upgraded connection ended with an error");
+        }
+    });
+    let (mut parts, _empty) = res.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    parts.extensions = http::Extensions::new();
+    Response::from_parts(parts, ResponseBody::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.b:8080"), "a.b");
+        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

@@ -1,0 +1,48 @@
+//! A [`Snapshot`]: one compiled config plus the runtime objects built from it (upstream pools).
+//!
+//! The proxy loads the current snapshot once per request and keeps that `Arc` until the request
+//! ends, so a reload never changes the rules under an in-flight request (invariant 6).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::{Config, ConfigError};
+use crate::upstream::UpstreamClient;
+
+/// A compiled config and its upstream clients, swapped whole on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every successful load.
+    pub generation: u64,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// The compiled config.
+    pub config: Config,
+    /// One client per upstream, same order as `config.upstreams`.
+    pub clients: Vec<Arc<UpstreamClient>>,
+}
+
+impl Snapshot {
+    /// Builds runtime objects for `config`, reusing the previous snapshot's connection pools for
+    /// upstreams whose transport settings did not change.
+    pub fn build(config: Config, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut clients = Vec::with_capacity(config.upstreams.len());
+        let mut errors = Vec::new();
+        for u in &config.upstreams {
+            let reused = previous.and_then(|p| {
+                p.clients.iter().find(|c| c.built_for.id == u.id && c.built_for.same_transport(u))
+            });
+            match reused {
+                Some(c) => clients.push(Arc::new(c.with_endpoints(u))),
+                None => match UpstreamClient::new(u) {
+                    Ok(c) => clients.push(Arc::new(c)),
+                    Err(m) => errors.push(ConfigError::at(&u.origin.file, Some(u.origin.line), "tls", m)),
+                },
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Snapshot { generation, loaded_at: SystemTime::now(), config, clients })
+    }
+}

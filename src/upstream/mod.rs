@@ -1,0 +1,206 @@
+//! The pooled upstream client and the error type that says who failed and whether a retry is safe.
+//!
+//! One [`UpstreamClient`] per upstream holds a hyper-util pooled client over rustls (ring provider,
+//! TLS 1.2/1.3, system roots plus the upstream's CA file) and spreads requests over the upstream's
+//! endpoints in turn. Clients survive reloads when the transport settings are unchanged, so a reload
+//! keeps warm connections. This module never builds HTTP answers: the proxy's rescue does.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Endpoint, Upstream, UpstreamProtocol};
+use crate::proxy::body::{BodyLimitExceeded, RequestBody};
+
+/// Which side caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The vendor API or the network to it.
+    Upstream,
+    /// The calling tool (e.g. its body stream broke).
+    Downstream,
+}
+
+/// What went wrong talking to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamErrorKind {
+    /// No connection could be made; nothing was sent.
+    Connect,
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The connection was closed or reset mid-exchange.
+    Reset,
+    /// The upstream spoke invalid HTTP.
+    Protocol,
+    /// The caller's request body failed while being forwarded.
+    RequestBody,
+}
+
+/// A failed upstream exchange.
+#[derive(Debug, thiserror::Error)]
+pub struct UpstreamError {
+    /// Upstream id.
+    pub upstream: String,
+    /// What failed.
+    pub kind: UpstreamErrorKind,
+    /// Who was at fault.
+    pub fault: Fault,
+    /// True when no request byte can have reached the upstream, so any method may be retried.
+    pub retryable: bool,
+    /// The underlying error, for the log line (never sent to the client).
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "upstream `{}`: {:?}", self.upstream, self.kind)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+            let mut cur = s.source();
+            while let Some(c) = cur {
+                write!(f, ": {c}")?;
+                cur = c.source();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of classifying a client error.
+pub enum Failure {
+    /// The request body exceeded its limit while streaming.
+    BodyTooLarge(u64),
+    /// Anything else.
+    Upstream(UpstreamError),
+}
+
+impl UpstreamError {
+    /// A timeout (the caller decides the deadline).
+    pub fn timeout(upstream: &str) -> UpstreamError {
+        UpstreamError { upstream: upstream.to_owned(), kind: UpstreamErrorKind::Timeout, fault: Fault::Upstream, retryable: false, source: None }
+    }
+
+    /// Classifies a hyper-util client error by walking its source chain.
+    pub fn classify(upstream: &str, err: hyper_util::client::legacy::Error) -> Failure {
+        let connect = err.is_connect();
+        let mut kind = if connect { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Reset };
+        let mut fault = Fault::Upstream;
+        {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
+            while let Some(e) = cur {
+                if let Some(l) = e.downcast_ref::<BodyLimitExceeded>() {
+                    return Failure::BodyTooLarge(l.limit);
+                }
+                if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                    if h.is_parse() || h.is_parse_status() {
+                        kind = UpstreamErrorKind::Protocol;
+                    } else if h.is_user() || h.is_body_write_aborted() {
+                        kind = UpstreamErrorKind::RequestBody;
+                        fault = Fault::Downstream;
+                    } else if h.is_timeout() {
+                        kind = UpstreamErrorKind::Timeout;
+                    }
+                }
+                cur = e.source();
+            }
+        }
+        if connect {
+            kind = UpstreamErrorKind::Connect;
+        }
+        Failure::Upstream(UpstreamError {
+            upstream: upstream.to_owned(),
+            kind,
+            fault,
+            retryable: connect,
+            source: Some(Box::new(err)),
+        })
+    }
+}
+
+type HyperClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// The pooled client of one upstream and its endpoint rotation.
+pub struct UpstreamClient {
+    client: HyperClient,
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    /// The upstream this client was built for (to decide reuse on reload).
+    pub built_for: Upstream,
+}
+
+impl fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamClient").field("upstream", &self.built_for.id).finish()
+    }
+}
+
+fn native_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<rustls_pki_types::CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let res = rustls_native_certs::load_native_certs();
+        for e in &res.errors {
+            tracing::warn!(error = %e, "could not load some system CA certificates");
+        }
+        res.certs
+    })
+}
+
+impl UpstreamClient {
+    /// Builds the client for `u`. Fails only if no trust root could be assembled.
+    pub fn new(u: &Upstream) -> Result<UpstreamClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        if u.system_roots {
+            let (_added, _ignored) = roots.add_parsable_certificates(native_roots().iter().cloned());
+        }
+        for c in &u.ca_certs {
+            roots.add(c.clone()).map_err(|e| format!("upstream `{}`: CA certificate rejected: {e}", u.id))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(u.connect_timeout));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let connector = match u.protocol {
+            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+            UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
+        };
+        let mut cb = Client::builder(TokioExecutor::new());
+        cb.timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(u.pool_idle_timeout)
+            .pool_max_idle_per_host(u.pool_max_idle_per_host)
+            .http2_only(u.protocol == UpstreamProtocol::Http2);
+        Ok(UpstreamClient { client: cb.build(connector), endpoints: u.endpoints.clone(), next: AtomicUsize::new(0), built_for: u.clone() })
+    }
+
+    /// A client for `u` sharing this one's connection pool (same transport, maybe new endpoints).
+    pub fn with_endpoints(&self, u: &Upstream) -> UpstreamClient {
+        UpstreamClient { client: self.client.clone(), endpoints: u.endpoints.clone(), next: AtomicUsize::new(0), built_for: u.clone() }
+    }
+
+    /// The endpoint for the next request (round robin).
+    pub fn pick(&self) -> &Endpoint {
+        let n = self.endpoints.len();
+        let i = if n == 1 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
+        &self.endpoints[i]
+    }
+
+    /// Sends a request whose URI is already absolute.
+    pub fn send(&self, req: http::Request<RequestBody>) -> hyper_util::client::legacy::ResponseFuture {
+        self.client.request(req)
+    }
+}
