@@ -219,7 +219,7 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
                 e.push(&l.bind, &format!("{key}.protocols"), "a listener needs at least one protocol");
             }
         }
-        if listeners.iter().any(|x: &Listener| x.bind == bind) {
+        if bind.port() != 0 && listeners.iter().any(|x: &Listener| x.bind == bind) {
             e.push(&l.bind, &format!("{key}.bind"), format!("`{bind}` is bound by another listener"));
         }
         let max_connections = match &l.max_connections {
@@ -242,7 +242,7 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
         None => DEFAULT_ADMIN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9901))),
         Some(b) => match b.value.parse::<SocketAddr>() {
             Ok(a) => {
-                if listeners.iter().any(|l| l.bind == a) {
+                if a.port() != 0 && listeners.iter().any(|l| l.bind == a) {
                     e.push(b, "admin.bind", format!("`{a}` is also a data-plane listener; the admin API needs its own port"));
                 }
                 a

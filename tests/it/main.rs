@@ -1,1 +1,6 @@
-fn main(){}
+//! Integration tests: one binary, real sockets on 127.0.0.1, in-process upstreams.
+#![allow(unreachable_pub, missing_docs)]
+
+mod limits;
+mod proxy;
+mod support;
