@@ -136,27 +136,23 @@ fn check(dir: &Path) -> ExitCode {
                     (true, false) => "http1",
                     _ => "h2c",
                 };
-                println!("  {:<16} {} ({protos}, max {} connections)", l.name, l.bind, l.max_connections);
+                println!("  {:<20} {} ({protos}, max {} connections)", l.name, l.bind, l.max_connections);
             }
-            println!("  {:<16} {}", "admin", c.gateway.admin_bind);
+            println!("  {:<20} {}", "admin", c.gateway.admin_bind);
             println!("upstreams:");
             for u in &c.upstreams {
                 let eps: Vec<String> = u.endpoints.iter().map(|e| format!("{}://{}{}", e.scheme, e.authority, e.base_path)).collect();
                 let cred = u.credential.as_ref().map(|c| format!(", credential `{}` as {}", c.id, c.name)).unwrap_or_default();
-                println!("  {:<16} {}{cred}", u.id, eps.join(" "));
+                println!("  {:<20} {}{cred}", u.id, eps.join(" "));
             }
             println!("routes:");
             for r in &c.routes {
                 let methods = r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "*".to_owned());
-                let host = match &r.host {
-                    Some(crate::proxy::router::HostPattern::Exact(h)) => h.clone(),
-                    Some(crate::proxy::router::HostPattern::Suffix(s)) => format!("*{s}"),
-                    None => "*".to_owned(),
-                };
+                let host = r.host.as_ref().map(|h| format!(" host {h}")).unwrap_or_default();
                 println!(
-                    "  {:<16} {methods} {host}{} -> {} (timeout {}, max body {})",
+                    "  {:<20} {methods} {}{host} -> {} (timeout {}, max body {})",
                     r.id,
-                    r.template.shape(),
+                    r.template,
                     c.upstreams[r.upstream].id,
                     units::format_duration(r.timeout),
                     units::format_size(r.max_body)

@@ -115,6 +115,31 @@ impl Template {
     }
 }
 
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.segs.is_empty() {
+            return f.write_str("/");
+        }
+        for seg in &self.segs {
+            match seg {
+                TemplateSeg::Literal(l) => write!(f, "/{l}")?,
+                TemplateSeg::Param(n) => write!(f, "/{{{n}}}")?,
+                TemplateSeg::Rest => f.write_str("/**")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
 /// A host pattern: `api.example.com` or `*.example.com` (any subdomain, not the apex).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
