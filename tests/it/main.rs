@@ -2,7 +2,9 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod lifecycle;
+mod demo;
 mod limits;
 mod proxy;
 mod reload;
+mod streaming;
 mod support;
