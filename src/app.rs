@@ -63,7 +63,9 @@ impl Gateway {
         let d = dir.to_path_buf();
         let config = tokio::task::spawn_blocking(move || config::load(&d))
             .await
-            .map_err(|e| StartError::Config(vec![ConfigError::at(dir, None, "", format!("config compiler crashed: {e}"))]))?
+            .map_err(|e| {
+                StartError::Config(vec![ConfigError::at(dir, None, "", format!("config compiler crashed: {e}"))])
+            })?
             .map_err(StartError::Config)?;
         Gateway::start_with(dir, config).await
     }
@@ -76,11 +78,23 @@ impl Gateway {
 
         let mut tcp = Vec::new();
         for l in &gw.listeners {
-            let t = TcpListener::bind(l.bind).await.map_err(|source| StartError::Bind { what: format!("listener `{}`", l.name), addr: l.bind, source })?;
+            let t = TcpListener::bind(l.bind).await.map_err(|source| StartError::Bind {
+                what: format!("listener `{}`", l.name),
+                addr: l.bind,
+                source,
+            })?;
             tcp.push((t, l.clone()));
         }
-        let admin_tcp = TcpListener::bind(gw.admin_bind).await.map_err(|source| StartError::Bind { what: "admin".to_owned(), addr: gw.admin_bind, source })?;
-        let admin_addr = admin_tcp.local_addr().map_err(|source| StartError::Bind { what: "admin".to_owned(), addr: gw.admin_bind, source })?;
+        let admin_tcp = TcpListener::bind(gw.admin_bind).await.map_err(|source| StartError::Bind {
+            what: "admin".to_owned(),
+            addr: gw.admin_bind,
+            source,
+        })?;
+        let admin_addr = admin_tcp.local_addr().map_err(|source| StartError::Bind {
+            what: "admin".to_owned(),
+            addr: gw.admin_bind,
+            source,
+        })?;
 
         let (stop_admin, stop_admin_rx) = watch::channel(false);
         let drain = Drain::default();

@@ -141,13 +141,19 @@ fn check(dir: &Path) -> ExitCode {
             println!("  {:<20} {}", "admin", c.gateway.admin_bind);
             println!("upstreams:");
             for u in &c.upstreams {
-                let eps: Vec<String> = u.endpoints.iter().map(|e| format!("{}://{}{}", e.scheme, e.authority, e.base_path)).collect();
-                let cred = u.credential.as_ref().map(|c| format!(", credential `{}` as {}", c.id, c.name)).unwrap_or_default();
+                let eps: Vec<String> =
+                    u.endpoints.iter().map(|e| format!("{}://{}{}", e.scheme, e.authority, e.base_path)).collect();
+                let cred =
+                    u.credential.as_ref().map(|c| format!(", credential `{}` as {}", c.id, c.name)).unwrap_or_default();
                 println!("  {:<20} {}{cred}", u.id, eps.join(" "));
             }
             println!("routes:");
             for r in &c.routes {
-                let methods = r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_else(|| "*".to_owned());
+                let methods = r
+                    .methods
+                    .as_ref()
+                    .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_else(|| "*".to_owned());
                 let host = r.host.as_ref().map(|h| format!(" host {h}")).unwrap_or_default();
                 println!(
                     "  {:<20} {methods} {}{host} -> {} (timeout {}, max body {})",
@@ -163,12 +169,18 @@ fn check(dir: &Path) -> ExitCode {
     }
 }
 
-/// Builds the runtime the config asks for.
+/// Builds the runtime the config asks for: one worker thread means a single-threaded scheduler
+/// (no work stealing to pay for), more means the multi-threaded one.
 pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if worker_threads > 0 {
-        b.worker_threads(worker_threads);
-    }
+    let mut b = if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if worker_threads > 1 {
+            b.worker_threads(worker_threads);
+        }
+        b
+    };
     b.enable_all().thread_name("interlock").build()
 }
 

@@ -29,9 +29,8 @@ impl Snapshot {
         let mut clients = Vec::with_capacity(config.upstreams.len());
         let mut errors = Vec::new();
         for u in &config.upstreams {
-            let reused = previous.and_then(|p| {
-                p.clients.iter().find(|c| c.built_for.id == u.id && c.built_for.same_transport(u))
-            });
+            let reused = previous
+                .and_then(|p| p.clients.iter().find(|c| c.built_for.id == u.id && c.built_for.same_transport(u)));
             match reused {
                 Some(c) => clients.push(Arc::new(c.with_endpoints(u))),
                 None => match UpstreamClient::new(u) {

@@ -57,13 +57,23 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             if state.ready.load(Ordering::Acquire) {
-                json(StatusCode::OK, &serde_json::json!({"status": "ready", "generation": state.store.load().generation}))
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ready", "generation": state.store.load().generation}),
+                )
             } else {
-                problem(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", "The gateway is starting or draining; send traffic to another instance.".to_owned())
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not-ready",
+                    "Not ready",
+                    "The gateway is starting or draining; send traffic to another instance.".to_owned(),
+                )
             }
         }
         (&Method::POST, "/reload") => match state.store.reload(Trigger::Admin).await {
-            Ok(generation) => json(StatusCode::OK, &serde_json::json!({"status": "reloaded", "generation": generation})),
+            Ok(generation) => {
+                json(StatusCode::OK, &serde_json::json!({"status": "reloaded", "generation": generation}))
+            }
             Err(errors) => {
                 let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 let mut res = problem(
@@ -76,7 +86,8 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
                 if let ResponseBody::Full(Some(b)) = res.body() {
                     if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(b) {
                         v["errors"] = serde_json::json!(list);
-                        *res.body_mut() = ResponseBody::full(Bytes::from(serde_json::to_vec_pretty(&v).unwrap_or_default()));
+                        *res.body_mut() =
+                            ResponseBody::full(Bytes::from(serde_json::to_vec_pretty(&v).unwrap_or_default()));
                     }
                 }
                 res
@@ -104,7 +115,12 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
             "Method not allowed",
             "Use POST for /reload and GET for the other admin endpoints.".to_owned(),
         ),
-        _ => problem(StatusCode::NOT_FOUND, "no-route", "No such admin endpoint", "See docs/operations.md for the admin endpoints.".to_owned()),
+        _ => problem(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "No such admin endpoint",
+            "See docs/operations.md for the admin endpoints.".to_owned(),
+        ),
     }
 }
 

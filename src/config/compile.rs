@@ -73,7 +73,12 @@ impl Errs<'_> {
 pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errors = Vec::new();
     if !dir.is_dir() {
-        errors.push(ConfigError::at(dir, None, "", "is not a directory: pass the policies directory (e.g. `--config policies/`)".to_owned()));
+        errors.push(ConfigError::at(
+            dir,
+            None,
+            "",
+            "is not a directory: pass the policies directory (e.g. `--config policies/`)".to_owned(),
+        ));
         return Err(errors);
     }
     check_layout(dir, &mut errors);
@@ -85,7 +90,12 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
             parsed.map(|p| compile_gateway(&gw_path, p.value, &mut errors))
         }
         Err(e) => {
-            errors.push(ConfigError::at(&gw_path, None, "", format!("cannot read: {e} (every policies directory needs a gateway.yaml)")));
+            errors.push(ConfigError::at(
+                &gw_path,
+                None,
+                "",
+                format!("cannot read: {e} (every policies directory needs a gateway.yaml)"),
+            ));
             None
         }
     };
@@ -96,7 +106,12 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         let Some(parsed) = yaml::parse::<RawUpstream>(&path, &text, &mut errors) else { continue };
         if let Some(u) = compile_upstream(dir, &path, parsed.value, &mut errors) {
             if let Some(prev) = upstreams.iter().find(|p| p.id == u.id) {
-                errors.push(ConfigError::at(&path, Some(u.origin.line), "id", format!("duplicate upstream id `{}` (first defined at {})", u.id, prev.origin)));
+                errors.push(ConfigError::at(
+                    &path,
+                    Some(u.origin.line),
+                    "id",
+                    format!("duplicate upstream id `{}` (first defined at {})", u.id, prev.origin),
+                ));
             } else {
                 upstreams.push(u);
             }
@@ -112,7 +127,12 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
             let key = format!("[{i}]");
             if let Some(r) = compile_route(&path, &key, raw, &upstreams, &default_limits, &mut errors) {
                 if let Some(prev) = routes.iter().find(|p| p.id == r.id) {
-                    errors.push(ConfigError::at(&path, Some(r.origin.line), &format!("{key}.id"), format!("duplicate route id `{}` (first defined at {})", r.id, prev.origin)));
+                    errors.push(ConfigError::at(
+                        &path,
+                        Some(r.origin.line),
+                        &format!("{key}.id"),
+                        format!("duplicate route id `{}` (first defined at {})", r.id, prev.origin),
+                    ));
                 } else {
                     routes.push(r);
                 }
@@ -147,7 +167,9 @@ fn check_layout(dir: &Path, errors: &mut Vec<ConfigError>) {
         };
         if !known {
             let msg = match name.as_str() {
-                "callers.yaml" | "mappings" => format!("`{name}` is not supported by this version of Interlock yet; remove it"),
+                "callers.yaml" | "mappings" => {
+                    format!("`{name}` is not supported by this version of Interlock yet; remove it")
+                }
                 _ => format!("unexpected `{name}`: the policies directory holds gateway.yaml, upstreams/ and routes/"),
             };
             errors.push(ConfigError::at(&e.path(), None, "", msg));
@@ -200,7 +222,11 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
         let bind = match l.bind.value.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                e.push(&l.bind, &format!("{key}.bind"), format!("`{}` is not an address like `0.0.0.0:8080`", l.bind.value));
+                e.push(
+                    &l.bind,
+                    &format!("{key}.bind"),
+                    format!("`{}` is not an address like `0.0.0.0:8080`", l.bind.value),
+                );
                 continue;
             }
         };
@@ -212,7 +238,11 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
                 match p.value.as_str() {
                     "http1" => http1 = true,
                     "h2c" => h2c = true,
-                    other => e.push(p, &format!("{key}.protocols"), format!("unknown protocol `{other}`: use `http1` or `h2c`")),
+                    other => e.push(
+                        p,
+                        &format!("{key}.protocols"),
+                        format!("unknown protocol `{other}`: use `http1` or `h2c`"),
+                    ),
                 }
             }
             if !http1 && !h2c {
@@ -243,7 +273,11 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
         Some(b) => match b.value.parse::<SocketAddr>() {
             Ok(a) => {
                 if a.port() != 0 && listeners.iter().any(|l| l.bind == a) {
-                    e.push(b, "admin.bind", format!("`{a}` is also a data-plane listener; the admin API needs its own port"));
+                    e.push(
+                        b,
+                        "admin.bind",
+                        format!("`{a}` is also a data-plane listener; the admin API needs its own port"),
+                    );
                 }
                 a
             }
@@ -257,7 +291,12 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
     let limits = match &raw.limits {
         None => d,
         Some(l) => Limits {
-            max_header_bytes: usize::try_from(e.size(&l.max_header_bytes, "limits.max_header_bytes", d.max_header_bytes as u64)).unwrap_or(usize::MAX),
+            max_header_bytes: usize::try_from(e.size(
+                &l.max_header_bytes,
+                "limits.max_header_bytes",
+                d.max_header_bytes as u64,
+            ))
+            .unwrap_or(usize::MAX),
             max_headers: match &l.max_headers {
                 Some(n) if n.value == 0 || n.value > 1000 => {
                     e.push(n, "limits.max_headers", "must be between 1 and 1000");
@@ -267,7 +306,11 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
                 None => d.max_headers,
             },
             max_body: e.size(&l.max_body, "limits.max_body", d.max_body),
-            header_read_timeout: e.duration(&l.header_read_timeout, "limits.header_read_timeout", d.header_read_timeout),
+            header_read_timeout: e.duration(
+                &l.header_read_timeout,
+                "limits.header_read_timeout",
+                d.header_read_timeout,
+            ),
             request_timeout: e.duration(&l.request_timeout, "limits.request_timeout", d.request_timeout),
         },
     };
@@ -297,7 +340,11 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
     for (i, n) in raw.server_names.iter().enumerate() {
         match HostPattern::parse(&n.value) {
             Ok(HostPattern::Exact(h)) => server_names.push(h),
-            _ => e.push(n, &format!("server_names[{i}]"), format!("`{}` must be a plain host name such as `interlock.corp`", n.value)),
+            _ => e.push(
+                n,
+                &format!("server_names[{i}]"),
+                format!("`{}` must be a plain host name such as `interlock.corp`", n.value),
+            ),
         }
     }
     let log = raw.log.as_ref();
@@ -313,10 +360,16 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
         },
     };
     let level = log.and_then(|l| l.level.as_ref()).map(|l| l.value.clone()).unwrap_or_else(|| "info".to_owned());
-    let shutdown_grace = e.duration(&raw.shutdown.as_ref().and_then(|s| s.grace.clone()), "shutdown.grace", Duration::from_secs(30));
-    let worker_threads = raw.runtime.as_ref().and_then(|r| r.worker_threads.as_ref()).map(|w| w.value as usize).unwrap_or(0);
+    let shutdown_grace =
+        e.duration(&raw.shutdown.as_ref().and_then(|s| s.grace.clone()), "shutdown.grace", Duration::from_secs(30));
+    let worker_threads =
+        raw.runtime.as_ref().and_then(|r| r.worker_threads.as_ref()).map(|w| w.value as usize).unwrap_or(0);
     let watch = raw.reload.as_ref().and_then(|r| r.watch).unwrap_or(true);
-    let watch_debounce = e.duration(&raw.reload.as_ref().and_then(|r| r.debounce.clone()), "reload.debounce", Duration::from_millis(250));
+    let watch_debounce = e.duration(
+        &raw.reload.as_ref().and_then(|r| r.debounce.clone()),
+        "reload.debounce",
+        Duration::from_millis(250),
+    );
     Gateway {
         listeners,
         admin_bind,
@@ -367,7 +420,9 @@ fn compile_upstream(dir: &Path, file: &Path, raw: RawUpstream, out: &mut Vec<Con
                 for c in iter {
                     match c {
                         Ok(c) => ca_certs.push(c),
-                        Err(err) => e.push(ca, "tls.ca", format!("`{}` has an unreadable certificate: {err}", p.display())),
+                        Err(err) => {
+                            e.push(ca, "tls.ca", format!("`{}` has an unreadable certificate: {err}", p.display()))
+                        }
                     }
                 }
                 if ca_certs.is_empty() {
@@ -482,7 +537,11 @@ fn compile_route(
     }
     let template = match Template::parse(&raw.matcher.path.value) {
         Ok(t) if t.param_names().count() > MAX_CAPTURES => {
-            e.push(&raw.matcher.path, &format!("{key}.match.path"), format!("at most {MAX_CAPTURES} captures per path"));
+            e.push(
+                &raw.matcher.path,
+                &format!("{key}.match.path"),
+                format!("at most {MAX_CAPTURES} captures per path"),
+            );
             None
         }
         Ok(t) => Some(t),
@@ -491,9 +550,11 @@ fn compile_route(
             None
         }
     };
-    let host = raw.matcher.host.as_ref().and_then(|h| {
-        HostPattern::parse(&h.value).map_err(|m| e.push(h, &format!("{key}.match.host"), m)).ok()
-    });
+    let host = raw
+        .matcher
+        .host
+        .as_ref()
+        .and_then(|h| HostPattern::parse(&h.value).map_err(|m| e.push(h, &format!("{key}.match.host"), m)).ok());
     let methods = raw.matcher.methods.as_ref().map(|ms| {
         let mut v = Vec::new();
         for m in ms {
@@ -507,12 +568,24 @@ fn compile_route(
         v
     });
     if matches!(&methods, Some(v) if v.is_empty()) {
-        e.push(&raw.matcher.path, &format!("{key}.match.methods"), "list at least one method, or leave `methods` out to accept any");
+        e.push(
+            &raw.matcher.path,
+            &format!("{key}.match.methods"),
+            "list at least one method, or leave `methods` out to accept any",
+        );
     }
     let upstream = upstreams.iter().position(|u| u.id == raw.upstream.value);
     if upstream.is_none() {
         let known: Vec<&str> = upstreams.iter().map(|u| u.id.as_str()).collect();
-        e.push(&raw.upstream, &format!("{key}.upstream"), format!("no upstream `{}` (defined: {})", raw.upstream.value, if known.is_empty() { "none".to_owned() } else { known.join(", ") }));
+        e.push(
+            &raw.upstream,
+            &format!("{key}.upstream"),
+            format!(
+                "no upstream `{}` (defined: {})",
+                raw.upstream.value,
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        );
     }
     let rewrite = match (&raw.rewrite, &template) {
         (Some(rw), Some(t)) => match Rewrite::parse(&rw.value, t) {
@@ -525,7 +598,8 @@ fn compile_route(
         _ => None,
     };
     let upstream_timeout = upstream.and_then(|u| upstreams[u].timeout);
-    let timeout = e.duration(&raw.timeout, &format!("{key}.timeout"), upstream_timeout.unwrap_or(limits.request_timeout));
+    let timeout =
+        e.duration(&raw.timeout, &format!("{key}.timeout"), upstream_timeout.unwrap_or(limits.request_timeout));
     let max_body = e.size(&raw.max_body, &format!("{key}.max_body"), limits.max_body);
     Some(Route {
         id,
@@ -604,8 +678,16 @@ mod tests {
     #[test]
     fn every_error_is_reported_with_file_line_and_key() {
         let d = base();
-        write(d.path(), "gateway.yaml", "listeners:\n  - bind: nope\nlimits:\n  max_body: 10 MiB\n  request_timeout: 5x\n");
-        write(d.path(), "upstreams/dup.yaml", "id: vt\nendpoints: [ftp://x]\ncredential: { header: x-apikey, value: s3cr3t-inline }\n");
+        write(
+            d.path(),
+            "gateway.yaml",
+            "listeners:\n  - bind: nope\nlimits:\n  max_body: 10 MiB\n  request_timeout: 5x\n",
+        );
+        write(
+            d.path(),
+            "upstreams/dup.yaml",
+            "id: vt\nendpoints: [ftp://x]\ncredential: { header: x-apikey, value: s3cr3t-inline }\n",
+        );
         write(
             d.path(),
             "routes/r.yaml",
@@ -654,7 +736,11 @@ mod tests {
     fn file_secrets_and_dev_fixtures() {
         let d = base();
         write(d.path(), "secrets/vt.key", "k-123\n");
-        write(d.path(), "upstreams/a.yaml", "id: a\nendpoints: [http://x]\ncredential: { header: x-apikey, value: file:secrets/vt.key }\n");
+        write(
+            d.path(),
+            "upstreams/a.yaml",
+            "id: a\nendpoints: [http://x]\ncredential: { header: x-apikey, value: file:secrets/vt.key }\n",
+        );
         write(d.path(), "upstreams/b.yaml", "id: b\ndev_fixture: true\nendpoints: [http://x]\ncredential: { header: Authorization, prefix: 'Bearer ', value: inline }\n");
         // `secrets/` is a directory without YAML files: allowed beside the known entries.
         let c = load(d.path()).unwrap();

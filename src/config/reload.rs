@@ -56,15 +56,34 @@ impl Diff {
         for r in &new.routes {
             match old.routes.iter().find(|o| o.id == r.id) {
                 None => d.routes_added.push(r.id.clone()),
-                Some(o) if fp(&(o.template.clone(), &o.host, &o.methods, &o.rewrite, o.upgrade, o.timeout, o.max_body, &old.upstreams[o.upstream].id))
-                    != fp(&(r.template.clone(), &r.host, &r.methods, &r.rewrite, r.upgrade, r.timeout, r.max_body, &new.upstreams[r.upstream].id)) =>
+                Some(o)
+                    if fp(&(
+                        o.template.clone(),
+                        &o.host,
+                        &o.methods,
+                        &o.rewrite,
+                        o.upgrade,
+                        o.timeout,
+                        o.max_body,
+                        &old.upstreams[o.upstream].id,
+                    )) != fp(&(
+                        r.template.clone(),
+                        &r.host,
+                        &r.methods,
+                        &r.rewrite,
+                        r.upgrade,
+                        r.timeout,
+                        r.max_body,
+                        &new.upstreams[r.upstream].id,
+                    )) =>
                 {
                     d.routes_changed.push(r.id.clone())
                 }
                 Some(_) => {}
             }
         }
-        d.routes_removed = old.routes.iter().filter(|o| !new.routes.iter().any(|r| r.id == o.id)).map(|o| o.id.clone()).collect();
+        d.routes_removed =
+            old.routes.iter().filter(|o| !new.routes.iter().any(|r| r.id == o.id)).map(|o| o.id.clone()).collect();
         for u in &new.upstreams {
             match old.upstreams.iter().find(|o| o.id == u.id) {
                 None => d.upstreams_added.push(u.id.clone()),
@@ -80,7 +99,12 @@ impl Diff {
                 }
             }
         }
-        d.upstreams_removed = old.upstreams.iter().filter(|o| !new.upstreams.iter().any(|u| u.id == o.id)).map(|o| o.id.clone()).collect();
+        d.upstreams_removed = old
+            .upstreams
+            .iter()
+            .filter(|o| !new.upstreams.iter().any(|u| u.id == o.id))
+            .map(|o| o.id.clone())
+            .collect();
         let (og, ng) = (&old.gateway, &new.gateway);
         if og.listeners != ng.listeners {
             d.restart_required.push("listeners".to_owned());
@@ -129,7 +153,12 @@ fn unix_now() -> u64 {
 impl Store {
     /// A store serving `first`, reloading from `dir`.
     pub fn new(dir: PathBuf, first: Snapshot) -> Store {
-        Store { dir, current: ArcSwap::from_pointee(first), last: Mutex::new(None), reloading: tokio::sync::Mutex::new(()) }
+        Store {
+            dir,
+            current: ArcSwap::from_pointee(first),
+            last: Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The snapshot to use for one request.
@@ -173,7 +202,13 @@ impl Store {
                 }
                 tracing::info!(generation, ?trigger, diff = ?diff, "config reloaded");
                 self.current.store(Arc::new(snap));
-                self.record(ReloadOutcome { trigger, at_unix: unix_now(), ok: true, errors: Vec::new(), diff: Some(diff) });
+                self.record(ReloadOutcome {
+                    trigger,
+                    at_unix: unix_now(),
+                    ok: true,
+                    errors: Vec::new(),
+                    diff: Some(diff),
+                });
                 crate::telemetry::reload_counted(true);
                 Ok(generation)
             }
@@ -182,7 +217,12 @@ impl Store {
                 for e in &shown {
                     tracing::error!(error = %e, "config error");
                 }
-                tracing::error!(?trigger, errors = shown.len(), generation = old.generation, "config reload rejected; still serving the previous config");
+                tracing::error!(
+                    ?trigger,
+                    errors = shown.len(),
+                    generation = old.generation,
+                    "config reload rejected; still serving the previous config"
+                );
                 self.record(ReloadOutcome { trigger, at_unix: unix_now(), ok: false, errors: shown, diff: None });
                 crate::telemetry::reload_counted(false);
                 Err(errors)

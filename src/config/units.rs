@@ -15,24 +15,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("`{text}` has no unit: write e.g. `250ms`, `15s`, `1m`, `1h` or `1d`"))?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` must start with a whole number, e.g. `15s`"))?;
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` must start with a whole number, e.g. `15s`"))?;
     let millis_per = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{unit}`: use ms, s, m, h or d"
-            ))
-        }
+        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: use ms, s, m, h or d")),
     };
-    n.checked_mul(millis_per)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(millis_per).map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parses `512B`, `32KiB`, `10MiB`, `1GiB` (binary) or `10KB`, `5MB`, `1GB` (decimal).
@@ -40,9 +32,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` must start with a whole number, e.g. `32KiB`"))?;
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` must start with a whole number, e.g. `32KiB`"))?;
     let per = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -51,11 +41,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{unit}`: use B, KiB, MiB, GiB, KB, MB or GB"
-            ))
-        }
+        _ => return Err(format!("`{text}` has an unknown unit `{unit}`: use B, KiB, MiB, GiB, KB, MB or GB")),
     };
     n.checked_mul(per).ok_or_else(|| format!("`{text}` is too large"))
 }
@@ -65,10 +51,10 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
         0 => "0".to_owned(),
-        _ if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        _ if ms.is_multiple_of(86_400_000) => format!("{}d", ms / 86_400_000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
         _ => format!("{ms}ms"),
     }
 }
@@ -77,9 +63,9 @@ pub fn format_duration(d: Duration) -> String {
 pub fn format_size(n: u64) -> String {
     match n {
         0 => "0B".to_owned(),
-        _ if n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
-        _ if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
-        _ if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        _ if n.is_multiple_of(1 << 30) => format!("{}GiB", n >> 30),
+        _ if n.is_multiple_of(1 << 20) => format!("{}MiB", n >> 20),
+        _ if n.is_multiple_of(1 << 10) => format!("{}KiB", n >> 10),
         _ => format!("{n}B"),
     }
 }

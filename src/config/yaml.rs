@@ -215,11 +215,7 @@ pub struct Parsed<T> {
 
 /// Parses `text` (the content of `file`) as `T`. Unknown keys and syntax/type errors are pushed to
 /// `errors`; `None` is returned only when the document could not be read at all.
-pub fn parse<T: DeserializeOwned>(
-    file: &Path,
-    text: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Parsed<T>> {
+pub fn parse<T: DeserializeOwned>(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Option<Parsed<T>> {
     let index = KeyIndex::build(text);
     let mut unknown: Vec<KeyPath> = Vec::new();
     let mut options = serde_saphyr::Options::default();
@@ -264,6 +260,7 @@ mod tests {
     #[derive(Deserialize, Debug)]
     struct Doc {
         name: Sp<String>,
+        #[allow(dead_code)]
         items: Vec<Inner>,
     }
 
@@ -276,7 +273,10 @@ mod tests {
         assert_eq!(doc.value.name.value, "x");
         let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(shown.len(), 3, "{shown:?}");
-        assert!(shown.contains(&"f.yaml:4: items[0].bogus: unknown key (check its spelling and nesting)".to_owned()), "{shown:?}");
+        assert!(
+            shown.contains(&"f.yaml:4: items[0].bogus: unknown key (check its spelling and nesting)".to_owned()),
+            "{shown:?}"
+        );
         assert!(shown.iter().any(|s| s.starts_with("f.yaml:6: items[1].other")), "{shown:?}");
         assert!(shown.iter().any(|s| s.starts_with("f.yaml:7: top_extra")), "{shown:?}");
     }

@@ -88,10 +88,14 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 async fn intel(req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let err = |status, code: &str, message: &str| json(status, serde_json::json!({"error": {"code": code, "message": message}}));
+    let err = |status, code: &str, message: &str| {
+        json(status, serde_json::json!({"error": {"code": code, "message": message}}))
+    };
     match req.headers().get("x-apikey").map(|v| v.as_bytes()) {
         None => return err(StatusCode::UNAUTHORIZED, "AuthenticationRequiredError", "X-Apikey header is missing"),
-        Some(k) if k != INTEL_KEY.as_bytes() => return err(StatusCode::UNAUTHORIZED, "WrongCredentialsError", "Wrong API key"),
+        Some(k) if k != INTEL_KEY.as_bytes() => {
+            return err(StatusCode::UNAUTHORIZED, "WrongCredentialsError", "Wrong API key")
+        }
         Some(_) => {}
     }
     if req.method() != Method::GET {
@@ -179,9 +183,30 @@ fn intel_domain(domain: &str) -> serde_json::Value {
 }
 
 const ALERTS: [(&str, u32, &str, &str, &str, &str); 3] = [
-    ("a1b2c3:ind:0f9e8d7c6b5a:41958-10-1764633600", 70, "High", "Credential Access", "T1003", "lsass.exe memory read by unsigned process"),
-    ("a1b2c3:ind:0f9e8d7c6b5a:41977-10-1764634500", 50, "Medium", "Execution", "T1059.001", "PowerShell with encoded command line"),
-    ("a1b2c3:ind:7c6b5a4d3e2f:42001-10-1764637200", 90, "Critical", "Impact", "T1486", "Mass file renames consistent with ransomware"),
+    (
+        "a1b2c3:ind:0f9e8d7c6b5a:41958-10-1764633600",
+        70,
+        "High",
+        "Credential Access",
+        "T1003",
+        "lsass.exe memory read by unsigned process",
+    ),
+    (
+        "a1b2c3:ind:0f9e8d7c6b5a:41977-10-1764634500",
+        50,
+        "Medium",
+        "Execution",
+        "T1059.001",
+        "PowerShell with encoded command line",
+    ),
+    (
+        "a1b2c3:ind:7c6b5a4d3e2f:42001-10-1764637200",
+        90,
+        "Critical",
+        "Impact",
+        "T1486",
+        "Mass file renames consistent with ransomware",
+    ),
 ];
 
 async fn edr(req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -200,7 +225,11 @@ async fn edr(req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let expected = format!("Bearer {EDR_TOKEN}");
     if req.headers().get("authorization").map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
-        return envelope(StatusCode::UNAUTHORIZED, serde_json::json!([]), serde_json::json!([{"code": 401, "message": "access denied, invalid bearer token"}]));
+        return envelope(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!([]),
+            serde_json::json!([{"code": 401, "message": "access denied, invalid bearer token"}]),
+        );
     }
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/alerts/queries/alerts/v2") => {
@@ -217,11 +246,26 @@ async fn edr(req: Request<Incoming>) -> Response<Full<Bytes>> {
         (Method::POST, "/alerts/entities/alerts/v2") => {
             let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return envelope(StatusCode::BAD_REQUEST, serde_json::json!([]), serde_json::json!([{"code": 400, "message": "body unreadable"}])),
+                Err(_) => {
+                    return envelope(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!([]),
+                        serde_json::json!([{"code": 400, "message": "body unreadable"}]),
+                    )
+                }
             };
             let ids: Vec<String> = match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(v) => v["composite_ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
-                Err(_) => return envelope(StatusCode::BAD_REQUEST, serde_json::json!([]), serde_json::json!([{"code": 400, "message": "invalid JSON body: expected {\"composite_ids\": [...]}"}])),
+                Ok(v) => v["composite_ids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+                Err(_) => {
+                    return envelope(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!([]),
+                        serde_json::json!([{"code": 400, "message": "invalid JSON body: expected {\"composite_ids\": [...]}"}]),
+                    )
+                }
             };
             let found: Vec<serde_json::Value> = ALERTS
                 .iter()
@@ -254,7 +298,11 @@ async fn edr(req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .collect();
             envelope(StatusCode::OK, serde_json::json!(found), serde_json::json!(missing))
         }
-        _ => envelope(StatusCode::NOT_FOUND, serde_json::json!([]), serde_json::json!([{"code": 404, "message": "no such endpoint"}])),
+        _ => envelope(
+            StatusCode::NOT_FOUND,
+            serde_json::json!([]),
+            serde_json::json!([{"code": 404, "message": "no such endpoint"}]),
+        ),
     }
 }
 

@@ -41,7 +41,9 @@ pub fn http_builder(limits: &Limits, l: &Listener) -> auto::Builder<TokioExecuto
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes.saturating_mul(2).max(16 * 1024)).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2).max(16 * 1024)).unwrap_or(u32::MAX),
+        )
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     b
@@ -56,12 +58,7 @@ fn hyper_max_buf(limits: &Limits) -> usize {
 }
 
 /// Accepts connections on `tcp` until the drain is signalled, serving each with the proxy.
-pub async fn serve(
-    tcp: TcpListener,
-    cfg: Listener,
-    store: Arc<Store>,
-    mut drain: DrainWatch,
-) {
+pub async fn serve(tcp: TcpListener, cfg: Listener, store: Arc<Store>, mut drain: DrainWatch) {
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let local = match tcp.local_addr() {
         Ok(a) => a,

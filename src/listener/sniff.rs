@@ -4,7 +4,7 @@
 //! `Transfer-Encoding` is present, and merges duplicate equal `Content-Length`s), so the request
 //! the proxy receives no longer shows the ambiguity a different server behind us might resolve the
 //! other way (request smuggling). [`SniffedIo`] wraps a connection, parses each request head it
-//! reads with `httparse` (the parser hyper uses), follows the body framing to find the next head,
+//! reads (splitting lines as hyper's parser does), follows the body framing to find the next head,
 //! and records one [`Framing`] verdict per request in a [`FramingLog`]; the proxy takes the verdict
 //! for each request and refuses ambiguous ones before anything is sent upstream (invariant 1).
 //!
@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -31,16 +32,37 @@ pub enum Framing {
 #[derive(Debug, Default)]
 pub struct FramingLog {
     verdicts: Mutex<VecDeque<Framing>>,
+    /// Set once the connection carries another protocol (after a 101): stop parsing.
+    stopped: AtomicBool,
 }
+
+/// More pipelined requests than this waiting for the service is abnormal; the sniffer stops and the
+/// later requests are refused as unverifiable.
+const MAX_QUEUED: usize = 64;
 
 impl FramingLog {
     /// Takes the verdict of the next request; `None` if the head could not be checked.
     pub fn take(&self) -> Option<Framing> {
         self.verdicts.lock().ok()?.pop_front()
     }
-    fn push(&self, f: Framing) {
-        if let Ok(mut v) = self.verdicts.lock() {
-            v.push_back(f);
+
+    /// Tells the sniffer that the connection was upgraded: the bytes that follow are not HTTP/1.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Queues a verdict; false when the queue is full (the sniffer then stops).
+    fn push(&self, f: Framing) -> bool {
+        match self.verdicts.lock() {
+            Ok(mut v) if v.len() < MAX_QUEUED => {
+                v.push_back(f);
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -101,28 +123,41 @@ impl Sniffer {
                         return;
                     }
                 }
-                State::Head => {
-                    let scan_from = self.head.len().saturating_sub(3);
-                    self.head.extend_from_slice(data);
-                    data = &[];
-                    // Leading CRLFs before a request line are ignored by hyper; drop them too.
-                    while self.head.starts_with(b"\r\n") {
-                        self.head.drain(..2);
+                State::Head if self.head.is_empty() => {
+                    // Fast path: the whole head is usually in one read; judge it in place.
+                    while data.starts_with(b"\r\n") {
+                        data = &data[2..];
                     }
+                    if data.is_empty() {
+                        return;
+                    }
+                    match find_head_end(data, 0) {
+                        Some(end) => {
+                            self.state = self.judge(&data[..end]);
+                            data = &data[end..];
+                        }
+                        None => {
+                            self.head.extend_from_slice(data);
+                            return;
+                        }
+                    }
+                }
+                State::Head => {
+                    let before = self.head.len();
+                    let scan_from = before.saturating_sub(3);
+                    self.head.extend_from_slice(data);
                     let Some(end) = find_head_end(&self.head, scan_from) else {
                         if self.head.len() > self.max_head {
                             self.state = State::Passthrough; // hyper refuses it
                             self.head = Vec::new();
                         }
-                        continue;
+                        return;
                     };
-                    let rest = self.head.split_off(end);
-                    let head = std::mem::take(&mut self.head);
-                    self.state = self.judge(&head);
-                    if !rest.is_empty() {
-                        self.feed(&rest);
-                    }
-                    return;
+                    let mut head = std::mem::take(&mut self.head);
+                    self.state = self.judge(&head[..end]);
+                    head.clear();
+                    self.head = head; // keep the capacity for the next partial head
+                    data = &data[end - before..];
                 }
                 State::Body(n) => {
                     let take = (*n).min(data.len() as u64);
@@ -162,7 +197,8 @@ impl Sniffer {
                                 self.state = State::Passthrough;
                                 return;
                             }
-                            self.state = if *size == 0 { State::Trailers { line_len: 0 } } else { State::ChunkData(*size) };
+                            self.state =
+                                if *size == 0 { State::Trailers { line_len: 0 } } else { State::ChunkData(*size) };
                         }
                         b'\r' => {}
                         _ if *in_ext => {}
@@ -200,57 +236,60 @@ impl Sniffer {
     }
 
     /// Records the verdict for a complete head and returns the body state that follows it.
+    ///
+    /// Only `Content-Length` and `Transfer-Encoding` matter here. Lines are split the way hyper's
+    /// parser accepts them (CRLF or bare LF); input that parser refuses never reaches the proxy, so
+    /// such heads just end the sniffing.
     fn judge(&mut self, head: &[u8]) -> State {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return State::Passthrough, // hyper answers 400/431 and closes
-        }
-        let http10 = req.version == Some(0);
+        let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let Some(request_line) = lines.next() else { return State::Passthrough };
+        let http10 = request_line.ends_with(b"HTTP/1.0");
         let mut cl: Option<u64> = None;
-        let mut cl_count = 0;
-        let mut te_count = 0;
+        let (mut cl_count, mut te_count, mut fields) = (0usize, 0usize, 0usize);
         let mut te_chunked = false;
         let mut verdict = Framing::Clean;
-        let mut upgrade = req.method == Some("CONNECT");
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            fields += 1;
+            if fields > self.max_headers {
+                return State::Passthrough; // hyper answers 431
+            }
+            let Some(colon) = line.iter().position(|&b| b == b':') else { return State::Passthrough };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
                 cl_count += 1;
-                let v = std::str::from_utf8(h.value).unwrap_or("").trim();
-                match v.parse::<u64>() {
-                    Ok(n) if !v.starts_with('+') => cl = Some(n),
-                    _ => verdict = Framing::Ambiguous("the Content-Length header is not a single decimal number"),
+                match std::str::from_utf8(value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    Some(v) => cl = v.parse().ok(),
+                    None => verdict = Framing::Ambiguous("The Content-Length header is not a single decimal number"),
                 }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 te_count += 1;
-                let v = std::str::from_utf8(h.value).unwrap_or("").trim();
-                te_chunked = v.eq_ignore_ascii_case("chunked");
+                te_chunked = value.eq_ignore_ascii_case(b"chunked");
                 if !te_chunked {
-                    verdict = Framing::Ambiguous("the only Transfer-Encoding accepted is `chunked`");
+                    verdict = Framing::Ambiguous("The only Transfer-Encoding accepted is `chunked`");
                 }
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         if cl_count > 1 {
-            verdict = Framing::Ambiguous("the request has more than one Content-Length header");
+            verdict = Framing::Ambiguous("The request has more than one Content-Length header");
         }
         if te_count > 1 {
-            verdict = Framing::Ambiguous("the request has more than one Transfer-Encoding header");
+            verdict = Framing::Ambiguous("The request has more than one Transfer-Encoding header");
         }
         if te_count > 0 && cl_count > 0 {
-            verdict = Framing::Ambiguous("the request has both Content-Length and Transfer-Encoding");
+            verdict = Framing::Ambiguous("The request has both Content-Length and Transfer-Encoding");
         }
         if te_count > 0 && http10 {
             verdict = Framing::Ambiguous("HTTP/1.0 requests cannot use Transfer-Encoding");
         }
-        self.log.push(verdict);
-        if upgrade {
-            // After a 101 the bytes are another protocol; hyper only calls the service for the
-            // upgrade request itself, so nothing after it needs a verdict.
+        if !self.log.push(verdict) {
             return State::Passthrough;
         }
+        // An upgrade request is framed like any other: if it is refused, the connection goes on
+        // with HTTP/1; if it is granted, the proxy calls `FramingLog::stop` before answering 101.
         // Mirror hyper: a Transfer-Encoding wins over Content-Length.
         if te_count > 0 {
             if te_chunked {
@@ -261,7 +300,9 @@ impl Sniffer {
         } else {
             match cl {
                 Some(n) if n > 0 => State::Body(n),
-                _ => State::Head,
+                Some(_) => State::Head,
+                None if cl_count > 0 => State::Passthrough,
+                None => State::Head,
             }
         }
     }
@@ -294,6 +335,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for SniffedIo<T> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
+            if this.sniffer.log.stopped() {
+                this.sniffer.state = State::Passthrough;
+                this.sniffer.head = Vec::new();
+            }
             if !matches!(this.sniffer.state, State::Passthrough) {
                 this.sniffer.feed(&buf.filled()[before..]);
             }
@@ -312,7 +357,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SniffedIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -326,7 +375,8 @@ mod tests {
 
     fn sniff(chunks: &[&[u8]]) -> Vec<Framing> {
         let log = Arc::new(FramingLog::default());
-        let mut s = Sniffer { state: State::Start, head: Vec::new(), max_head: 64 * 1024, max_headers: 100, log: log.clone() };
+        let mut s =
+            Sniffer { state: State::Start, head: Vec::new(), max_head: 64 * 1024, max_headers: 100, log: log.clone() };
         for c in chunks {
             s.feed(c);
         }

@@ -150,10 +150,7 @@ async fn forward(
     let client_upgrade = if upgrading { Some(hyper::upgrade::on(&mut req)) } else { None };
     let (mut parts, incoming) = req.into_parts();
     let h = &mut parts.headers;
-    headers::strip_hop_by_hop(h, upgrading);
-    headers::strip_caller_credentials(h, &upstream.strip_headers);
-    h.remove(header::EXPECT); // hyper answered 100-continue to the caller already
-    h.remove(header::HOST); // the client sets the upstream's own Host / :authority
+    headers::strip_request(h, upgrading, &upstream.strip_headers);
     headers::set_forwarded(h, conn.peer, conn.scheme, Some(&host), &gw.trusted_proxies);
     h.insert(gw.request_id_header.clone(), request_id.clone());
     if let Some(c) = &upstream.credential {
@@ -176,6 +173,9 @@ async fn forward(
     // 12. A granted upgrade becomes a byte tunnel between the two connections.
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
+            if let Some(f) = &conn.framing {
+                f.stop(); // what follows the 101 is not HTTP/1
+            }
             return Ok(tunnel(res, client_upgrade, upstream.id.clone()));
         }
     }
@@ -231,7 +231,11 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 }
 
 /// Answers 101 to the caller and splices the two upgraded connections together.
-fn tunnel(mut res: Response<Incoming>, client_upgrade: hyper::upgrade::OnUpgrade, upstream: String) -> Response<ResponseBody> {
+fn tunnel(
+    mut res: Response<Incoming>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream: String,
+) -> Response<ResponseBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut res);
     tokio::spawn(async move {
         let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {

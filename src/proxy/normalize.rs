@@ -100,10 +100,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         match b {
             b'\\' => return Err(PathError::Backslash),
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) else {
+                let (Some(h), Some(l)) =
+                    (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+                else {
                     return Err(PathError::BadEscape);
                 };
                 let v = h * 16 + l;
@@ -138,9 +137,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 out.pop();
                 trailing_slash = true;
             }
-            _ if seg.starts_with(b".;") || seg.starts_with(b"..;") => {
-                return Err(PathError::DotSegmentParam)
-            }
+            _ if seg.starts_with(b".;") || seg.starts_with(b"..;") => return Err(PathError::DotSegmentParam),
             _ => out.push(seg),
         }
     }

@@ -64,9 +64,7 @@ impl Template {
                 segs.push(TemplateSeg::Rest);
             } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    return Err(format!(
-                        "path `{text}`: `{{{name}}}` must name a capture with letters, digits or `_`"
-                    ));
+                    return Err(format!("path `{text}`: `{{{name}}}` must name a capture with letters, digits or `_`"));
                 }
                 if names.contains(&name) {
                     return Err(format!("path `{text}`: capture `{{{name}}}` appears twice"));
@@ -74,9 +72,7 @@ impl Template {
                 names.push(name);
                 segs.push(TemplateSeg::Param(name.to_owned()));
             } else if part.contains(['{', '}', '*', '%', '\\']) || *part == "." || *part == ".." {
-                return Err(format!(
-                    "path `{text}`: segment `{part}` must be a literal, `{{name}}` or a final `**`"
-                ));
+                return Err(format!("path `{text}`: segment `{part}` must be a literal, `{{name}}` or a final `**`"));
             } else {
                 segs.push(TemplateSeg::Literal((*part).to_owned()));
             }
@@ -173,8 +169,7 @@ impl HostPattern {
         match self {
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
             HostPattern::Suffix(s) => {
-                host.len() > s.len()
-                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+                host.len() > s.len() && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
             }
         }
     }
@@ -318,15 +313,8 @@ impl Search<'_, '_, '_> {
 impl Router {
     /// Finds the route for `host` (lower case, no port), `method` and a **normalised** `path`.
     pub fn lookup<'p>(&self, host: &str, method: &Method, path: &'p str) -> Lookup<'p> {
-        let mut s = Search {
-            path,
-            host,
-            method,
-            caps: [(0, 0); MAX_CAPTURES],
-            n: 0,
-            allowed: Vec::new(),
-            path_hit: false,
-        };
+        let mut s =
+            Search { path, host, method, caps: [(0, 0); MAX_CAPTURES], n: 0, allowed: Vec::new(), path_hit: false };
         // Position 1 skips the leading '/'; "/" itself has no segments.
         let start = if path.len() <= 1 { None } else { Some(1) };
         if let Some((route, rest)) = Self::walk(&self.root, start, &mut s) {
@@ -464,7 +452,9 @@ impl Rewrite {
 mod tests {
     use super::*;
 
-    fn router(routes: &[(&str, Option<&str>, Option<Vec<Method>>)]) -> Router {
+    type Spec<'a> = (&'a str, Option<&'a str>, Option<Vec<Method>>);
+
+    fn router(routes: &[Spec<'_>]) -> Router {
         let mut b = RouterBuilder::default();
         for (i, (p, h, m)) in routes.iter().enumerate() {
             b.add(i, Template::parse(p).unwrap(), h.map(|h| HostPattern::parse(h).unwrap()), m.clone());
@@ -498,11 +488,7 @@ mod tests {
 
     #[test]
     fn literal_beats_param_beats_rest() {
-        let r = router(&[
-            ("/vt/**", None, None),
-            ("/vt/files/{hash}", None, None),
-            ("/vt/files/upload", None, None),
-        ]);
+        let r = router(&[("/vt/**", None, None), ("/vt/files/{hash}", None, None), ("/vt/files/upload", None, None)]);
         assert_eq!(found(r.lookup("h", &Method::GET, "/vt/files/upload")).0, 2);
         assert_eq!(found(r.lookup("h", &Method::GET, "/vt/files/abc")), (1, vec!["abc".into()], None));
         assert_eq!(found(r.lookup("h", &Method::GET, "/vt/files/abc/x")), (0, vec![], Some("files/abc/x".into())));
@@ -529,11 +515,8 @@ mod tests {
 
     #[test]
     fn hosts() {
-        let r = router(&[
-            ("/a", Some("api.example.com"), None),
-            ("/a", Some("*.corp.example"), None),
-            ("/b", None, None),
-        ]);
+        let r =
+            router(&[("/a", Some("api.example.com"), None), ("/a", Some("*.corp.example"), None), ("/b", None, None)]);
         assert_eq!(found(r.lookup("api.example.com", &Method::GET, "/a")).0, 0);
         assert_eq!(found(r.lookup("API.example.COM", &Method::GET, "/a")).0, 0);
         assert_eq!(found(r.lookup("x.corp.example", &Method::GET, "/a")).0, 1);

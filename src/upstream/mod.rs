@@ -84,7 +84,13 @@ pub enum Failure {
 impl UpstreamError {
     /// A timeout (the caller decides the deadline).
     pub fn timeout(upstream: &str) -> UpstreamError {
-        UpstreamError { upstream: upstream.to_owned(), kind: UpstreamErrorKind::Timeout, fault: Fault::Upstream, retryable: false, source: None }
+        UpstreamError {
+            upstream: upstream.to_owned(),
+            kind: UpstreamErrorKind::Timeout,
+            fault: Fault::Upstream,
+            retryable: false,
+            source: None,
+        }
     }
 
     /// Classifies a hyper-util client error by walking its source chain.
@@ -184,12 +190,22 @@ impl UpstreamClient {
             .pool_idle_timeout(u.pool_idle_timeout)
             .pool_max_idle_per_host(u.pool_max_idle_per_host)
             .http2_only(u.protocol == UpstreamProtocol::Http2);
-        Ok(UpstreamClient { client: cb.build(connector), endpoints: u.endpoints.clone(), next: AtomicUsize::new(0), built_for: u.clone() })
+        Ok(UpstreamClient {
+            client: cb.build(connector),
+            endpoints: u.endpoints.clone(),
+            next: AtomicUsize::new(0),
+            built_for: u.clone(),
+        })
     }
 
     /// A client for `u` sharing this one's connection pool (same transport, maybe new endpoints).
     pub fn with_endpoints(&self, u: &Upstream) -> UpstreamClient {
-        UpstreamClient { client: self.client.clone(), endpoints: u.endpoints.clone(), next: AtomicUsize::new(0), built_for: u.clone() }
+        UpstreamClient {
+            client: self.client.clone(),
+            endpoints: u.endpoints.clone(),
+            next: AtomicUsize::new(0),
+            built_for: u.clone(),
+        }
     }
 
     /// The endpoint for the next request (round robin).

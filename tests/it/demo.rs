@@ -9,7 +9,9 @@ use crate::support::bin;
 #[test]
 fn demo_starts_and_its_printed_commands_succeed() {
     if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("SKIPPED demo_starts_and_its_printed_commands_succeed: `curl` is not installed (.ci/run installs it)");
+        eprintln!(
+            "SKIPPED demo_starts_and_its_printed_commands_succeed: `curl` is not installed (.ci/run installs it)"
+        );
         return;
     }
     let mut child = Command::new(bin())
@@ -44,7 +46,9 @@ fn demo_starts_and_its_printed_commands_succeed() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let outputs: Vec<String> = commands.iter().map(|c| run(c)).collect();
-    let find = |needle: &str| commands.iter().position(|c| c.contains(needle)).unwrap_or_else(|| panic!("no command with {needle}"));
+    let find = |needle: &str| {
+        commands.iter().position(|c| c.contains(needle)).unwrap_or_else(|| panic!("no command with {needle}"))
+    };
     let file: serde_json::Value = serde_json::from_str(&outputs[find("/intel/files/44d8")]).unwrap();
     assert_eq!(file["data"]["attributes"]["last_analysis_stats"]["malicious"], 66);
     let ids: serde_json::Value = serde_json::from_str(&outputs[find("/edr/alerts?limit=2")]).unwrap();
@@ -59,12 +63,12 @@ fn demo_starts_and_its_printed_commands_succeed() {
     assert_eq!(status["routes"], 4);
     // Ctrl-C ends it cleanly.
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "demo did not stop");
+        assert!(tokio::time::Instant::now() < deadline, "demo did not stop");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());

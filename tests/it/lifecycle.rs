@@ -11,7 +11,9 @@ use crate::support::*;
 
 /// Starts `interlock run` and returns the child and its data-plane and admin addresses (read from
 /// its JSON log lines).
-fn spawn_run(dir: &std::path::Path) -> (std::process::Child, SocketAddr, SocketAddr, std::sync::mpsc::Receiver<String>) {
+fn spawn_run(
+    dir: &std::path::Path,
+) -> (std::process::Child, SocketAddr, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(bin())
         .args(["run", "--config"])
         .arg(dir)
@@ -30,7 +32,8 @@ fn spawn_run(dir: &std::path::Path) -> (std::process::Child, SocketAddr, SocketA
     let (mut listen, mut admin) = (None, None);
     while listen.is_none() || admin.is_none() {
         let line = rx.recv_timeout(Duration::from_secs(20)).expect("gateway did not log its addresses");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         match v["message"].as_str() {
             Some("listening") => listen = v["addr"].as_str().map(|a| a.parse().unwrap()),
             Some("admin listening") => admin = v["addr"].as_str().map(|a| a.parse().unwrap()),
@@ -46,12 +49,12 @@ fn signal(child: &std::process::Child, sig: &str) {
 }
 
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        if std::time::Instant::now() > deadline {
+        if tokio::time::Instant::now() > deadline {
             let _ = child.kill();
             panic!("the gateway did not exit within {within:?}");
         }
@@ -114,7 +117,10 @@ async fn sighup_reloads_and_health_endpoints_answer() {
 fn check_prints_a_summary_or_every_error() {
     let p = Policies::new("");
     p.upstream("up", "127.0.0.1:1".parse().unwrap(), "/v1", "");
-    p.write("routes/r.yaml", "- id: a\n  match:\n    path: /a/{id}\n    methods: [GET]\n  upstream: up\n  rewrite: /x/{id}\n");
+    p.write(
+        "routes/r.yaml",
+        "- id: a\n  match:\n    path: /a/{id}\n    methods: [GET]\n  upstream: up\n  rewrite: /x/{id}\n",
+    );
     let out = Command::new(bin()).arg("check").arg(p.path()).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -137,10 +143,17 @@ fn published_schemas_are_current_and_reject_unknown_keys() {
         let out = Command::new(bin()).args(["schema", kind]).output().unwrap();
         assert!(out.status.success());
         let generated = String::from_utf8(out.stdout).unwrap();
-        let committed = std::fs::read_to_string(root.join(format!("docs/schema/{kind}.schema.json"))).unwrap_or_default();
-        assert_eq!(generated, committed, "docs/schema/{kind}.schema.json is stale: run `interlock schema --out docs/schema`");
+        let committed =
+            std::fs::read_to_string(root.join(format!("docs/schema/{kind}.schema.json"))).unwrap_or_default();
+        assert_eq!(
+            generated, committed,
+            "docs/schema/{kind}.schema.json is stale: run `interlock schema --out docs/schema`"
+        );
         let v: serde_json::Value = serde_json::from_str(&generated).unwrap();
-        assert!(generated.contains("\"additionalProperties\": false"), "{kind}: unknown keys must be rejected by editors too");
+        assert!(
+            generated.contains("\"additionalProperties\": false"),
+            "{kind}: unknown keys must be rejected by editors too"
+        );
         assert!(v["$schema"].as_str().is_some());
     }
 }

@@ -106,10 +106,13 @@ async fn slow_header_senders_are_disconnected() {
     let (gw, up) = gateway().await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /api/x HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut buf = [0u8; 1024];
     // The gateway closes the connection once the header read timeout (400ms) passes.
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("connection was not closed").unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("connection was not closed")
+        .unwrap_or(0);
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(300), "closed too early: {elapsed:?}");
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -198,4 +201,10 @@ async fn a_refused_request_does_not_poison_the_next_on_the_connection() {
     let out = raw(gw.addr, two.as_bytes(), Duration::from_millis(700)).await;
     assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
     assert_eq!(up.count(), 2);
+    // A refused upgrade leaves the connection speaking HTTP/1: the next request is served.
+    let two = "GET /api/x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /api/after HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let out = raw(gw.addr, two.as_bytes(), Duration::from_millis(700)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 1, "{out}");
+    assert_eq!(up.last().uri, "/api/after");
 }

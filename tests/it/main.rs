@@ -1,8 +1,8 @@
 //! Integration tests: one binary, real sockets on 127.0.0.1, in-process upstreams.
 #![allow(unreachable_pub, missing_docs)]
 
-mod lifecycle;
 mod demo;
+mod lifecycle;
 mod limits;
 mod proxy;
 mod reload;

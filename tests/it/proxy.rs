@@ -148,7 +148,10 @@ async fn request_ids_are_propagated_when_valid_and_replaced_otherwise() {
 async fn h2c_prior_knowledge_is_proxied_to_an_http1_upstream() {
     let (gw, up) = gateway("").await;
     let client = h2c_client();
-    let req = Request::post(gw.url("/vt/x/echo?q=1")).header("authorization", "Bearer no").body(body("hello over h2")).unwrap();
+    let req = Request::post(gw.url("/vt/x/echo?q=1"))
+        .header("authorization", "Bearer no")
+        .body(body("hello over h2"))
+        .unwrap();
     let res = client.request(req).await.unwrap();
     assert_eq!(res.version(), Version::HTTP_2);
     assert_eq!(res.status(), StatusCode::OK);

@@ -88,7 +88,8 @@ async fn a_broken_config_is_rejected_with_every_error_and_the_old_one_keeps_serv
     p.upstream("up", up.addr, "", "");
     p.write("routes/r.yaml", &routes(1));
     let gw = Running::start(p).await;
-    gw.policies.write("routes/r.yaml", "- id: api\n  match:\n    path: /api/**\n    methodz: [GET]\n  upstream: nowhere\n");
+    gw.policies
+        .write("routes/r.yaml", "- id: api\n  match:\n    path: /api/**\n    methodz: [GET]\n  upstream: nowhere\n");
     gw.policies.write("upstreams/bad.yaml", "id: bad\nendpoints: [\"http://x\"]\ntimeout: soon\n");
     let (s, h, b) = admin_post(gw.admin, "/reload").await;
     let v = assert_problem_admin(s, &h, &b);

@@ -65,7 +65,11 @@ async fn large_bodies_stream_both_ways_over_h1_and_h2c() {
 
 fn vm_hwm_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// 100 MiB each way through the real binary; its peak RSS must stay under 64 MiB.
@@ -76,7 +80,10 @@ async fn hundred_mib_each_way_keeps_rss_under_64_mib() {
     let up = Upstream::start().await;
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let p = Policies::new("");
-    p.write("gateway.yaml", &format!("listeners:\n  - bind: {listen}\nadmin:\n  bind: 127.0.0.1:0\nlog:\n  level: warn\n"));
+    p.write(
+        "gateway.yaml",
+        &format!("listeners:\n  - bind: {listen}\nadmin:\n  bind: 127.0.0.1:0\nlog:\n  level: warn\n"),
+    );
     p.upstream("up", up.addr, "", "");
     p.write("routes/r.yaml", ROUTES);
     let mut child = std::process::Command::new(bin()).args(["run", "--config"]).arg(p.path()).spawn().unwrap();
@@ -90,6 +97,7 @@ async fn hundred_mib_each_way_keeps_rss_under_64_mib() {
     round_trip(&h2c_client(), &base, 100 << 20).await;
     let hwm = vm_hwm_kib(child.id());
     let _ = child.kill();
+    let _ = child.wait();
     eprintln!("gateway peak RSS after 100 MiB each way (h1 + h2c): {hwm} KiB");
     assert!(hwm < 64 * 1024, "peak RSS {hwm} KiB");
 }

@@ -44,7 +44,10 @@ fn query_param(uri: &http::Uri, key: &str) -> Option<u64> {
     uri.query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-async fn upstream_handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+async fn upstream_handle(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
     seen.lock().unwrap().push(Seen {
         method: req.method().clone(),
         uri: req.uri().to_string(),
@@ -109,7 +112,9 @@ async fn upstream_handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>
         res.headers_mut().insert("upgrade", "echo".parse().unwrap());
         return Ok(res);
     }
-    if let Some(code) = path.rsplit('/').next().and_then(|s| s.strip_prefix("status-")).and_then(|c| c.parse::<u16>().ok()) {
+    if let Some(code) =
+        path.rsplit('/').next().and_then(|s| s.strip_prefix("status-")).and_then(|c| c.parse::<u16>().ok())
+    {
         let mut res = Response::new(full(format!("status {code}")));
         *res.status_mut() = StatusCode::from_u16(code).unwrap();
         return Ok(res);
@@ -183,7 +188,10 @@ impl Policies {
 
     /// An upstream file `upstreams/<id>.yaml` pointing at `addr` with `base` path and extra keys.
     pub fn upstream(&self, id: &str, addr: SocketAddr, base: &str, extra: &str) {
-        self.write(&format!("upstreams/{id}.yaml"), &format!("id: {id}\nendpoints: [\"http://{addr}{base}\"]\n{extra}"));
+        self.write(
+            &format!("upstreams/{id}.yaml"),
+            &format!("id: {id}\nendpoints: [\"http://{addr}{base}\"]\n{extra}"),
+        );
     }
 }
 
@@ -198,7 +206,9 @@ pub struct Running {
 impl Running {
     pub async fn start(policies: Policies) -> Running {
         let gw = Gateway::start(policies.path()).await.unwrap_or_else(|e| match e {
-            interlock::app::StartError::Config(errs) => panic!("config errors: {:#?}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>()),
+            interlock::app::StartError::Config(errs) => {
+                panic!("config errors: {:#?}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+            }
             other => panic!("{other}"),
         });
         Running { addr: gw.listen_addrs[0], admin: gw.admin_addr, gw: Some(gw), policies }
@@ -260,9 +270,19 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 }
 
 /// Asserts a problem+json answer with the given status and type slug; returns the parsed body.
-pub fn assert_problem(status: StatusCode, headers: &HeaderMap, body: &str, want_status: u16, slug: &str) -> serde_json::Value {
+pub fn assert_problem(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    want_status: u16,
+    slug: &str,
+) -> serde_json::Value {
     assert_eq!(status.as_u16(), want_status, "body: {body}");
-    assert_eq!(headers.get("content-type").map(|v| v.to_str().unwrap()), Some("application/problem+json"), "body: {body}");
+    assert_eq!(
+        headers.get("content-type").map(|v| v.to_str().unwrap()),
+        Some("application/problem+json"),
+        "body: {body}"
+    );
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     assert_eq!(v["type"], format!("urn:interlock:problem:{slug}"), "{v}");
     assert_eq!(v["status"], want_status);
