@@ -8,3 +8,4 @@ mod proxy;
 mod reload;
 mod streaming;
 mod support;
+mod upstream_tls;
