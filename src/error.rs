@@ -235,9 +235,9 @@ fn upstream_problem(e: &UpstreamError) -> Problem {
     }
 }
 
-/// Renders a problem as the response body and headers. `request_id` is echoed in the body; the
-/// caller adds the request-id header like on every other response.
-pub fn render(problem: &Problem, request_id: &str) -> Response<Bytes> {
+/// Renders a problem as the response body and headers. `request_id` and `trace_id` are echoed in
+/// the body; the caller adds the request-id header like on every other response.
+pub fn render(problem: &Problem, request_id: &str, trace_id: &str) -> Response<Bytes> {
     #[derive(serde::Serialize)]
     struct Body<'a> {
         #[serde(rename = "type")]
@@ -246,6 +246,8 @@ pub fn render(problem: &Problem, request_id: &str) -> Response<Bytes> {
         status: u16,
         detail: &'a str,
         request_id: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        trace_id: &'a str,
     }
     let body = Body {
         kind: format!("{PROBLEM_TYPE_BASE}{}", problem.slug),
@@ -253,6 +255,7 @@ pub fn render(problem: &Problem, request_id: &str) -> Response<Bytes> {
         status: problem.status.as_u16(),
         detail: &problem.detail,
         request_id,
+        trace_id,
     };
     // Serialising plain strings and integers cannot fail.
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -262,10 +265,26 @@ pub fn render(problem: &Problem, request_id: &str) -> Response<Bytes> {
     res
 }
 
+/// The W3C trace id of a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if well-formed and
+/// not all zeros.
+pub fn trace_id_of(traceparent: Option<&HeaderValue>) -> Option<&str> {
+    let v = traceparent?.to_str().ok()?;
+    let mut parts = v.split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let ok = hex(version, 2) && version != "ff" && hex(trace, 32) && hex(span, 16) && hex(flags, 2);
+    (ok && trace.bytes().any(|b| b != b'0')).then_some(trace)
+}
+
+/// A new random trace id (32 lower-case hex digits) for requests that arrived without one.
+pub fn new_trace_id() -> String {
+    format!("{:032x}", fastrand::u128(1..))
+}
+
 /// The rescue: renders `err` and adds the headers its status calls for (`Allow`, `Retry-After`).
-pub fn rescue(err: &GatewayError, request_id: &str) -> Response<Bytes> {
+pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<Bytes> {
     let problem = err.problem();
-    let mut res = render(&problem, request_id);
+    let mut res = render(&problem, request_id, trace_id);
     match err {
         GatewayError::MethodNotAllowed { allowed, .. } => {
             let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
@@ -288,7 +307,7 @@ mod tests {
     #[test]
     fn problem_json_shape() {
         let e = GatewayError::MethodNotAllowed { method: Method::DELETE, allowed: vec![Method::GET, Method::HEAD] };
-        let res = rescue(&e, "req-1");
+        let res = rescue(&e, "req-1", "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(res.headers()[CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(res.headers()[ALLOW], "GET, HEAD");
@@ -296,7 +315,25 @@ mod tests {
         assert_eq!(v["type"], "urn:interlock:problem:method-not-allowed");
         assert_eq!(v["status"], 405);
         assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(v["detail"].as_str().unwrap().contains("GET, HEAD"));
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let tp = |s: &'static str| HeaderValue::from_static(s);
+        let good = tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(trace_id_of(Some(&good)), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id_of(Some(&tp(bad))), None, "{bad}");
+        }
+        assert_eq!(new_trace_id().len(), 32);
     }
 
     #[test]

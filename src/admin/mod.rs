@@ -43,7 +43,7 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<ResponseBody> {
 }
 
 fn problem(status: StatusCode, slug: &'static str, title: &'static str, detail: String) -> Response<ResponseBody> {
-    render(&Problem { status, slug, title, detail }, "").map(ResponseBody::full)
+    render(&Problem { status, slug, title, detail }, "", "").map(ResponseBody::full)
 }
 
 fn unix(t: SystemTime) -> u64 {

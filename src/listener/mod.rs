@@ -86,6 +86,8 @@ pub async fn serve(tcp: TcpListener, cfg: Listener, store: Arc<Store>, mut drain
             _ = drain.signaled() => return,
         };
         let _ = stream.set_nodelay(true);
+        // The address this connection reached (a wildcard listener's own address is 0.0.0.0).
+        let local = stream.local_addr().unwrap_or(local);
         let snap = store.load();
         let limits = &snap.config.gateway.limits;
         let builder = http_builder(limits, &cfg);

@@ -21,12 +21,14 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::error::{rescue, GatewayError};
+use crate::error::{new_trace_id, rescue, trace_id_of, GatewayError};
 use crate::listener::sniff::{Framing, FramingLog};
 use crate::snapshot::Snapshot;
 use crate::upstream::{Failure, UpstreamError};
 use body::{RequestBody, ResponseBody};
 use router::Lookup;
+
+const TRACEPARENT: http::header::HeaderName = http::header::HeaderName::from_static("traceparent");
 
 /// Facts about the connection a request arrived on.
 #[derive(Debug)]
@@ -50,6 +52,8 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         _ => headers::new_request_id(),
     };
     let method = req.method().clone();
+    // Kept for error answers: a caller's trace id lets it find the failed call in its own traces.
+    let traceparent = req.headers().get(TRACEPARENT).cloned();
     let mut res = match forward(&snap, conn, req, &request_id).await {
         Ok(res) => res,
         Err(err) => {
@@ -60,7 +64,11 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
             } else {
                 tracing::debug!(request_id = id, %method, status = status.as_u16(), error = %err, "request refused");
             }
-            rescue(&err, id).map(ResponseBody::full)
+            let trace_id = match trace_id_of(traceparent.as_ref()) {
+                Some(t) => t.to_owned(),
+                None => new_trace_id(),
+            };
+            rescue(&err, id, &trace_id).map(ResponseBody::full)
         }
     };
     res.headers_mut().insert(gw.request_id_header.clone(), request_id);

@@ -152,6 +152,14 @@ async fn no_route_is_404_and_wrong_method_is_405() {
     let req = Request::get(gw.url("/nothing")).body(empty()).unwrap();
     let (s, h, b) = call(&h2c_client(), req).await;
     assert_problem(s, &h, &b, 404, "no-route");
+    // A caller's W3C trace id comes back in the problem, so it can find the call in its traces.
+    let req = Request::get(gw.url("/nothing"))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .body(empty())
+        .unwrap();
+    let (s, h, b) = call(&h1_client(), req).await;
+    let v = assert_problem(s, &h, &b, 404, "no-route");
+    assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(up.count(), 0);
 }
 

@@ -290,6 +290,8 @@ pub fn assert_problem(
     assert!(v["detail"].as_str().is_some_and(|d| d.len() > 20), "{v}");
     let rid = headers.get("x-request-id").expect("x-request-id header").to_str().unwrap();
     assert_eq!(v["request_id"], rid);
+    let trace = v["trace_id"].as_str().expect("trace_id");
+    assert!(trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()), "{v}");
     v
 }
 
