@@ -91,7 +91,8 @@ pub async fn serve(tcp: TcpListener, cfg: Listener, store: Arc<Store>, mut drain
         let snap = store.load();
         let limits = &snap.config.gateway.limits;
         let builder = http_builder(limits, &cfg);
-        let (io, framing) = sniff::SniffedIo::new(stream, hyper_max_buf(limits), hyper_max_headers(limits));
+        let (io, framing) =
+            sniff::SniffedIo::new(stream, hyper_max_buf(limits), hyper_max_headers(limits), limits.header_read_timeout);
         let conn = Arc::new(ConnInfo { peer, local, scheme: "http", framing: Some(framing) });
         let store = store.clone();
         let service = hyper::service::service_fn(move |req| {

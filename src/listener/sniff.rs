@@ -11,11 +11,13 @@
 //! HTTP/2 connections (the prior-knowledge preface) are passed through untouched.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -317,15 +319,25 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 pub struct SniffedIo<T> {
     inner: T,
     sniffer: Sniffer,
+    /// Until the protocol is known (first request byte, or the whole HTTP/2 preface), a silent
+    /// client is cut off here; hyper's own header timeout only starts once HTTP/1 is chosen.
+    detect_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> SniffedIo<T> {
     /// Wraps `inner`; heads longer than `max_head` bytes or with more than `max_headers` fields are
-    /// left to hyper's own limits.
-    pub fn new(inner: T, max_head: usize, max_headers: usize) -> (SniffedIo<T>, Arc<FramingLog>) {
+    /// left to hyper's own limits. A client that has not shown its protocol within `detect_timeout`
+    /// is disconnected.
+    pub fn new(
+        inner: T,
+        max_head: usize,
+        max_headers: usize,
+        detect_timeout: Duration,
+    ) -> (SniffedIo<T>, Arc<FramingLog>) {
         let log = Arc::new(FramingLog::default());
         let sniffer = Sniffer { state: State::Start, head: Vec::new(), max_head, max_headers, log: log.clone() };
-        (SniffedIo { inner, sniffer }, log)
+        let deadline = Some(Box::pin(tokio::time::sleep(detect_timeout)));
+        (SniffedIo { inner, sniffer, detect_deadline: deadline }, log)
     }
 }
 
@@ -334,6 +346,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for SniffedIo<T> {
         let before = buf.filled().len();
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(deadline) = this.detect_deadline.as_mut() {
+            if matches!(this.sniffer.state, State::Start) {
+                if res.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )));
+                }
+            } else {
+                this.detect_deadline = None;
+            }
+        }
         if let Poll::Ready(Ok(())) = res {
             if this.sniffer.log.stopped() {
                 this.sniffer.state = State::Passthrough;
@@ -341,6 +365,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for SniffedIo<T> {
             }
             if !matches!(this.sniffer.state, State::Passthrough) {
                 this.sniffer.feed(&buf.filled()[before..]);
+            }
+            if !matches!(this.sniffer.state, State::Start) {
+                this.detect_deadline = None;
             }
         }
         res

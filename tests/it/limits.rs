@@ -121,6 +121,18 @@ async fn slow_header_senders_are_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn silent_and_stalled_preface_connections_are_disconnected() {
+    let (gw, _up) = gateway().await;
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(closed.is_ok(), "a connection that sent {first:?} was kept open");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn slow_upstream_is_504() {
     let (gw, _up) = gateway().await;
     let (s, h, b) = get(&gw.url("/slow/x?sleep_ms=3000")).await;
