@@ -58,6 +58,8 @@ enum Command {
 pub enum SchemaKind {
     /// `gateway.yaml`.
     Gateway,
+    /// `callers.yaml`.
+    Callers,
     /// `upstreams/*.yaml`.
     Upstream,
     /// `routes/*.yaml`.
@@ -65,11 +67,12 @@ pub enum SchemaKind {
 }
 
 impl SchemaKind {
-    const ALL: [SchemaKind; 3] = [SchemaKind::Gateway, SchemaKind::Upstream, SchemaKind::Routes];
+    const ALL: [SchemaKind; 4] = [SchemaKind::Gateway, SchemaKind::Callers, SchemaKind::Upstream, SchemaKind::Routes];
 
     fn name(self) -> &'static str {
         match self {
             SchemaKind::Gateway => "gateway",
+            SchemaKind::Callers => "callers",
             SchemaKind::Upstream => "upstream",
             SchemaKind::Routes => "routes",
         }
@@ -78,9 +81,10 @@ impl SchemaKind {
 
 /// The JSON Schema text of one config file kind.
 pub fn schema_json(kind: SchemaKind) -> String {
-    use crate::config::raw::{RawGateway, RawRoute, RawUpstream};
+    use crate::config::raw::{RawCallers, RawGateway, RawRoute, RawUpstream};
     let mut schema = match kind {
         SchemaKind::Gateway => schemars::schema_for!(RawGateway),
+        SchemaKind::Callers => schemars::schema_for!(RawCallers),
         SchemaKind::Upstream => schemars::schema_for!(RawUpstream),
         SchemaKind::Routes => schemars::schema_for!(Vec<RawRoute>),
     };

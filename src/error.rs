@@ -8,11 +8,12 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Response, StatusCode};
 
+use crate::identity::IdentityError;
 use crate::proxy::normalize::PathError;
-use crate::upstream::{UpstreamError, UpstreamErrorKind};
+use crate::upstream::{TlsFailure, UpstreamError, UpstreamErrorKind};
 
 /// Prefix of every problem `type`; the slug after it is stable and documented in `docs/errors.md`.
 pub const PROBLEM_TYPE_BASE: &str = "urn:interlock:problem:";
@@ -95,6 +96,28 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// No identity on a route that requires one.
+    #[error("unauthenticated request on route {route}")]
+    Unauthenticated {
+        /// The route id.
+        route: String,
+        /// `WWW-Authenticate` value.
+        challenge: Option<String>,
+    },
+    /// A valid client certificate whose identity is not a known caller.
+    #[error("unknown certificate identity {identity}")]
+    UnknownCertificate {
+        /// The certificate's identity.
+        identity: String,
+    },
+    /// Identification failed (bad token or key, conflicting identities, IdP unavailable).
+    #[error("identification failed: {err}")]
+    Identity {
+        /// What failed.
+        err: IdentityError,
+        /// `WWW-Authenticate` value.
+        challenge: Option<String>,
+    },
 }
 
 /// A problem answer before it is rendered: status, stable slug, title and client-safe detail.
@@ -195,6 +218,44 @@ impl GatewayError {
                 format!("The upstream did not answer within {} ms. Retry later; if it persists, the vendor API may be degraded.", d.as_millis()),
             ),
             E::Upstream(e) => upstream_problem(e),
+            E::Unauthenticated { route, .. } => p(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Caller not identified",
+                format!("Route `{route}` needs to know who is calling. Present your client certificate, a bearer token from a trusted identity provider, or your Interlock API key."),
+            ),
+            E::UnknownCertificate { identity } => p(
+                StatusCode::UNAUTHORIZED,
+                "unknown-certificate",
+                "Unknown client certificate",
+                format!("The client certificate identifies `{identity}`, which is not a known caller. Ask the platform team to add it to callers.yaml."),
+            ),
+            E::Identity { err, .. } => match err {
+                IdentityError::InvalidToken(_) | IdentityError::UntrustedIssuer => p(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid-token",
+                    "Invalid bearer token",
+                    format!("{}. Obtain a fresh token from your identity provider and retry.", capitalise(&err.to_string())),
+                ),
+                IdentityError::InvalidApiKey => p(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid-api-key",
+                    "Invalid API key",
+                    "The API key is not valid. Check the key your tool is configured with, or ask the platform team for a new one.".to_owned(),
+                ),
+                IdentityError::Conflict { .. } => p(
+                    StatusCode::UNAUTHORIZED,
+                    "identity-conflict",
+                    "Conflicting identities",
+                    format!("{}. Send the credentials of one caller only.", capitalise(&err.to_string())),
+                ),
+                IdentityError::ProviderUnavailable(_) => p(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "identity-provider-unavailable",
+                    "Identity provider unavailable",
+                    format!("{}, so tokens cannot be verified. Retry later.", capitalise(&err.to_string())),
+                ),
+            },
             E::ShuttingDown => p(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting-down",
@@ -202,6 +263,14 @@ impl GatewayError {
                 "This gateway instance is shutting down. Retry; another instance will take the request.".to_owned(),
             ),
         }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 
@@ -226,6 +295,25 @@ fn upstream_problem(e: &UpstreamError) -> Problem {
             title: "Upstream failed",
             detail: format!("Upstream `{id}` closed the connection or sent an invalid response. Retry later; if it persists, tell the platform team."),
         },
+        UpstreamErrorKind::Tls(t) => {
+            let (slug, why) = match t {
+                TlsFailure::PinMismatch => (
+                    "upstream-pin-mismatch",
+                    "its certificate's key matches none of the pinned keys (the vendor may have rotated it: the platform team must confirm and update `tls.pins`)",
+                ),
+                TlsFailure::Untrusted => (
+                    "upstream-certificate-untrusted",
+                    "its certificate is not trusted (unknown CA, expired or issued for another name)",
+                ),
+                TlsFailure::Handshake => ("upstream-tls-failed", "the TLS handshake failed (e.g. our client certificate was refused)"),
+            };
+            Problem {
+                status: StatusCode::BAD_GATEWAY,
+                slug,
+                title: "Upstream TLS failed",
+                detail: format!("Could not open a secure connection to upstream `{id}`: {why}. Nothing was sent. Tell the platform team."),
+            }
+        }
         UpstreamErrorKind::RequestBody => Problem {
             status: StatusCode::BAD_REQUEST,
             slug: "request-body-failed",
@@ -294,6 +382,12 @@ pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<
         }
         GatewayError::ShuttingDown => {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        GatewayError::Unauthenticated { challenge: Some(c), .. }
+        | GatewayError::Identity { challenge: Some(c), .. } => {
+            if let Ok(v) = HeaderValue::from_str(c) {
+                res.headers_mut().insert(WWW_AUTHENTICATE, v);
+            }
         }
         _ => {}
     }

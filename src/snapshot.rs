@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{Config, ConfigError};
+use crate::identity::IdentityRuntime;
 use crate::upstream::UpstreamClient;
 
 /// A compiled config and its upstream clients, swapped whole on reload.
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub config: Config,
     /// One client per upstream, same order as `config.upstreams`.
     pub clients: Vec<Arc<UpstreamClient>>,
+    /// JWKS caches, one per issuer (kept across reloads while an issuer is unchanged).
+    pub identity: Arc<IdentityRuntime>,
 }
 
 impl Snapshot {
@@ -33,15 +36,16 @@ impl Snapshot {
                 .and_then(|p| p.clients.iter().find(|c| c.built_for.id == u.id && c.built_for.same_transport(u)));
             match reused {
                 Some(c) => clients.push(Arc::new(c.with_endpoints(u))),
-                None => match UpstreamClient::new(u) {
-                    Ok(c) => clients.push(Arc::new(c)),
-                    Err(m) => errors.push(ConfigError::at(&u.origin.file, Some(u.origin.line), "tls", m)),
-                },
+                None => clients.push(Arc::new(UpstreamClient::new(u))),
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(Snapshot { generation, loaded_at: SystemTime::now(), config, clients })
+        let identity = match IdentityRuntime::build(&config.identity, previous.map(|p| &*p.identity)) {
+            Ok(rt) => Arc::new(rt),
+            Err(m) => {
+                errors.push(ConfigError::at(&config.dir.join("callers.yaml"), None, "jwt", m));
+                return Err(errors);
+            }
+        };
+        Ok(Snapshot { generation, loaded_at: SystemTime::now(), config, clients, identity })
     }
 }

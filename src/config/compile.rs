@@ -20,21 +20,42 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::{Method, Uri};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
-use super::raw::{DurationText, RawGateway, RawRoute, RawUpstream, SizeText};
+use super::raw::{
+    DurationText, RawCallers, RawGateway, RawListenerTls, RawRoute, RawUpstream, RawUpstreamTls, SizeText,
+};
 use super::units::{parse_duration, parse_size};
 use super::yaml::{self, Sp};
 use super::{
-    Config, ConfigError, Endpoint, Gateway, IpNet, Limits, Listener, LogSettings, Origin, Route, Upstream,
-    UpstreamProtocol,
+    Config, ConfigError, Endpoint, Gateway, IpNet, Limits, Listener, ListenerTls, LogSettings, Origin, Route,
+    TlsClient, Upstream, UpstreamProtocol, UpstreamTlsInputs,
 };
 use crate::credentials::{HeaderCredential, SecretRef};
+use crate::identity::jwt::{parse_algorithm, parse_jwks, JwksSource, JwtIssuer};
+use crate::identity::{CallerDef, Identity};
 use crate::proxy::router::{HostPattern, Rewrite, RouterBuilder, Template, MAX_CAPTURES};
+use crate::tls::{self, ClientAuth};
 
 /// Default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+/// What compiling collects besides errors.
+#[derive(Default)]
+struct Side {
+    warnings: Vec<ConfigError>,
+    external_files: Vec<PathBuf>,
+}
+
+impl Side {
+    /// Resolves a path from config against the policies directory, remembering files outside it.
+    fn file(&mut self, dir: &Path, rel: &str) -> PathBuf {
+        let p = dir.join(rel);
+        if !p.starts_with(dir) && !self.external_files.contains(&p) {
+            self.external_files.push(p.clone());
+        }
+        p
+    }
+}
 
 /// Collects errors for one file.
 struct Errs<'a> {
@@ -82,12 +103,13 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         return Err(errors);
     }
     check_layout(dir, &mut errors);
+    let mut side = Side::default();
 
     let gw_path = dir.join("gateway.yaml");
     let gateway = match std::fs::read_to_string(&gw_path) {
         Ok(text) => {
             let parsed = yaml::parse::<RawGateway>(&gw_path, &text, &mut errors);
-            parsed.map(|p| compile_gateway(&gw_path, p.value, &mut errors))
+            parsed.map(|p| compile_gateway(dir, &gw_path, p.value, &mut side, &mut errors))
         }
         Err(e) => {
             errors.push(ConfigError::at(
@@ -100,11 +122,25 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         }
     };
 
+    let callers_path = dir.join("callers.yaml");
+    let identity = if callers_path.is_file() {
+        read(&callers_path, &mut errors)
+            .and_then(|text| yaml::parse::<RawCallers>(&callers_path, &text, &mut errors))
+            .map(|p| compile_callers(dir, &callers_path, p.value, &mut side, &mut errors))
+            .unwrap_or_default()
+    } else {
+        Identity::default()
+    };
+
     let mut upstreams: Vec<Upstream> = Vec::new();
     for path in yaml_files(&dir.join("upstreams"), &mut errors) {
         let Some(text) = read(&path, &mut errors) else { continue };
         let Some(parsed) = yaml::parse::<RawUpstream>(&path, &text, &mut errors) else { continue };
-        if let Some(u) = compile_upstream(dir, &path, parsed.value, &mut errors) {
+        if let Some(mut u) = compile_upstream(dir, &path, parsed.value, &mut side, &mut errors) {
+            // The API key header is a caller credential: never forwarded (invariant 2).
+            if !u.strip_headers.contains(&identity.api_key_header) {
+                u.strip_headers.push(identity.api_key_header.clone());
+            }
             if let Some(prev) = upstreams.iter().find(|p| p.id == u.id) {
                 errors.push(ConfigError::at(
                     &path,
@@ -149,7 +185,16 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     for (i, r) in routes.iter().enumerate() {
         builder.add(i, r.template.clone(), r.host.clone(), r.methods.clone());
     }
-    Ok(Config { dir: dir.to_path_buf(), gateway, upstreams, routes, router: builder.build() })
+    Ok(Config {
+        dir: dir.to_path_buf(),
+        gateway,
+        upstreams,
+        routes,
+        router: builder.build(),
+        identity,
+        warnings: side.warnings,
+        external_files: side.external_files,
+    })
 }
 
 /// Unknown entries in the directory are errors: a misspelt `gatway.yaml` must not be ignored.
@@ -161,7 +206,8 @@ fn check_layout(dir: &Path, errors: &mut Vec<ConfigError>) {
         let known = match name.as_str() {
             "gateway.yaml" => !is_dir,
             "upstreams" | "routes" => is_dir,
-            "callers.yaml" | "mappings" => false,
+            "callers.yaml" => !is_dir,
+            "mappings" => false,
             // Other directories (certs/, secrets/, demo/) may sit beside the config.
             _ => is_dir || name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")),
         };
@@ -170,7 +216,7 @@ fn check_layout(dir: &Path, errors: &mut Vec<ConfigError>) {
                 "callers.yaml" | "mappings" => {
                     format!("`{name}` is not supported by this version of Interlock yet; remove it")
                 }
-                _ => format!("unexpected `{name}`: the policies directory holds gateway.yaml, upstreams/ and routes/"),
+                _ => format!("unexpected `{name}`: the policies directory holds gateway.yaml, callers.yaml, upstreams/ and routes/"),
             };
             errors.push(ConfigError::at(&e.path(), None, "", msg));
         }
@@ -214,7 +260,7 @@ fn default_limits() -> Limits {
     }
 }
 
-fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> Gateway {
+fn compile_gateway(dir: &Path, file: &Path, raw: RawGateway, side: &mut Side, out: &mut Vec<ConfigError>) -> Gateway {
     let mut e = Errs { file, out };
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
@@ -260,12 +306,14 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
             Some(m) => usize::try_from(m.value).unwrap_or(usize::MAX),
             None => 10_000,
         };
+        let tls = l.tls.as_ref().and_then(|t| compile_listener_tls(dir, &key, t, http1, h2c, side, &mut e));
         listeners.push(Listener {
             name: l.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("listener-{i}")),
             bind,
             max_connections,
             http1,
             h2c,
+            tls,
         });
     }
     let admin_bind = match raw.admin.as_ref().and_then(|a| a.bind.as_ref()) {
@@ -386,7 +434,461 @@ fn compile_gateway(file: &Path, raw: RawGateway, out: &mut Vec<ConfigError>) -> 
     }
 }
 
-fn compile_upstream(dir: &Path, file: &Path, raw: RawUpstream, out: &mut Vec<ConfigError>) -> Option<Upstream> {
+fn compile_listener_tls(
+    dir: &Path,
+    key: &str,
+    t: &RawListenerTls,
+    http1: bool,
+    h2: bool,
+    side: &mut Side,
+    e: &mut Errs<'_>,
+) -> Option<ListenerTls> {
+    let key = format!("{key}.tls");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let mut keys = Vec::new();
+    if t.certificates.is_empty() {
+        e.push_line(None, &format!("{key}.certificates"), "list at least one certificate");
+    }
+    for (i, c) in t.certificates.iter().enumerate() {
+        let ck = format!("{key}.certificates[{i}]");
+        let cert_path = side.file(dir, &c.cert.value);
+        let key_path = side.file(dir, &c.key.value);
+        let chain = match tls::read_certs(&cert_path) {
+            Ok(c) => c,
+            Err(m) => {
+                e.push(&c.cert, &format!("{ck}.cert"), m);
+                continue;
+            }
+        };
+        let private = match tls::read_key(&key_path) {
+            Ok(k) => k,
+            Err(m) => {
+                e.push(&c.key, &format!("{ck}.key"), m);
+                continue;
+            }
+        };
+        let facts = match tls::cert_facts(&chain[0]) {
+            Ok(f) => f,
+            Err(m) => {
+                e.push(&c.cert, &format!("{ck}.cert"), m);
+                continue;
+            }
+        };
+        let certified = match rustls::sign::CertifiedKey::from_der(chain, private, &tls::provider()) {
+            Ok(k) => std::sync::Arc::new(k),
+            Err(err) => {
+                e.push(
+                    &c.key,
+                    &format!("{ck}.key"),
+                    format!("`{}` does not match `{}`: {err}", key_path.display(), cert_path.display()),
+                );
+                continue;
+            }
+        };
+        if facts.not_after < now {
+            side.warnings.push(ConfigError::at(
+                e.file,
+                Some(c.cert.line),
+                &format!("{ck}.cert"),
+                format!("`{}` EXPIRED; clients will refuse it: replace it", cert_path.display()),
+            ));
+        } else if facts.not_after < now + 14 * 86_400 {
+            side.warnings.push(ConfigError::at(
+                e.file,
+                Some(c.cert.line),
+                &format!("{ck}.cert"),
+                format!("`{}` expires in less than 14 days", cert_path.display()),
+            ));
+        }
+        if facts.not_before > now {
+            side.warnings.push(ConfigError::at(
+                e.file,
+                Some(c.cert.line),
+                &format!("{ck}.cert"),
+                format!("`{}` is not valid yet", cert_path.display()),
+            ));
+        }
+        let names = match &c.names {
+            Some(ns) => ns.iter().map(|n| n.value.to_ascii_lowercase()).collect(),
+            None => facts.dns_names,
+        };
+        keys.push((names, certified));
+    }
+    let min_13 = match t.min_version.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "1.2")) => false,
+        Some((_, "1.3")) => true,
+        Some((v, other)) => {
+            e.push(v, &format!("{key}.min_version"), format!("`{other}` is not supported: use \"1.2\" or \"1.3\""));
+            false
+        }
+    };
+    let handshake_timeout =
+        e.duration(&t.handshake_timeout, &format!("{key}.handshake_timeout"), Duration::from_secs(10));
+    let client_auth = match t.client_auth.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "off")) => ClientAuth::Off,
+        Some((_, "optional")) => ClientAuth::Optional,
+        Some((_, "required")) => ClientAuth::Required,
+        Some((v, other)) => {
+            e.push(v, &format!("{key}.client_auth"), format!("`{other}`: use `off`, `optional` or `required`"));
+            ClientAuth::Off
+        }
+    };
+    let mut client_roots = None;
+    if let Some(ca) = &t.client_ca {
+        let p = side.file(dir, &ca.value);
+        match tls::read_certs(&p) {
+            Ok(certs) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs {
+                    if let Err(err) = roots.add(c) {
+                        e.push(
+                            ca,
+                            &format!("{key}.client_ca"),
+                            format!("`{}`: certificate rejected: {err}", p.display()),
+                        );
+                    }
+                }
+                client_roots = Some(roots);
+            }
+            Err(m) => e.push(ca, &format!("{key}.client_ca"), m),
+        }
+    } else if client_auth != ClientAuth::Off {
+        e.push_line(
+            None,
+            &format!("{key}.client_ca"),
+            "`client_auth` needs `client_ca`: the CA bundle that issues client certificates",
+        );
+    }
+    let mut crls = Vec::new();
+    for (i, c) in t.crl.iter().enumerate() {
+        let p = side.file(dir, &c.value);
+        match tls::read_crls(&p) {
+            Ok(mut v) => crls.append(&mut v),
+            Err(m) => e.push(c, &format!("{key}.crl[{i}]"), m),
+        }
+    }
+    let mut alpn = Vec::new();
+    if h2 {
+        alpn.push(b"h2".to_vec());
+    }
+    if http1 {
+        alpn.push(b"http/1.1".to_vec());
+    }
+    let resolver = tls::SniResolver::new(keys)?;
+    if client_auth != ClientAuth::Off && client_roots.is_none() {
+        return None;
+    }
+    match tls::server_config(resolver, min_13, client_auth, client_roots, crls, alpn) {
+        Ok(server) => Some(ListenerTls { server: std::sync::Arc::new(server), handshake_timeout, client_auth }),
+        Err(m) => {
+            e.push_line(None, &key, m);
+            None
+        }
+    }
+}
+
+fn compile_callers(dir: &Path, file: &Path, raw: RawCallers, side: &mut Side, out: &mut Vec<ConfigError>) -> Identity {
+    let mut e = Errs { file, out };
+    let mut id = Identity::default();
+    if let Some(h) = raw.api_keys.as_ref().and_then(|a| a.header.as_ref()) {
+        match HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => id.api_key_header = n,
+            Err(_) => e.push(h, "api_keys.header", format!("`{}` is not a valid header name", h.value)),
+        }
+    }
+    for (i, j) in raw.jwt.iter().enumerate() {
+        let key = format!("jwt[{i}]");
+        if id.issuers.iter().any(|x| x.id == j.id.value) {
+            e.push(&j.id, &format!("{key}.id"), format!("duplicate issuer id `{}`", j.id.value));
+        }
+        let algorithms = match &j.algorithms {
+            None => vec![jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::ES256],
+            Some(list) => list
+                .iter()
+                .filter_map(|a| parse_algorithm(&a.value).map_err(|m| e.push(a, &format!("{key}.algorithms"), m)).ok())
+                .collect(),
+        };
+        let source = match (&j.jwks_url, &j.jwks_file) {
+            (Some(u), None) => {
+                let uri: Option<http::Uri> = u.value.parse().ok();
+                let loopback = uri.as_ref().and_then(|x| x.host()).is_some_and(|h| {
+                    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                });
+                match uri {
+                    Some(x) if x.scheme_str() == Some("https") || (x.scheme_str() == Some("http") && loopback) => {
+                        let mut ca_certs = Vec::new();
+                        if let Some(ca) = &j.ca {
+                            match tls::read_certs(&side.file(dir, &ca.value)) {
+                                Ok(c) => ca_certs = c,
+                                Err(m) => e.push(ca, &format!("{key}.ca"), m),
+                            }
+                        }
+                        Some(JwksSource::Url { uri: x, ca_certs })
+                    }
+                    _ => {
+                        e.push(
+                            u,
+                            &format!("{key}.jwks_url"),
+                            format!("`{}` must be an https URL (http only on loopback)", u.value),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(f)) => {
+                let p = side.file(dir, &f.value);
+                match std::fs::read_to_string(&p) {
+                    Ok(text) => match parse_jwks(&text, &algorithms) {
+                        Ok((set, skipped)) => {
+                            for s in skipped {
+                                side.warnings.push(ConfigError::at(
+                                    file,
+                                    Some(f.line),
+                                    &format!("{key}.jwks_file"),
+                                    format!("ignored: {s}"),
+                                ));
+                            }
+                            if set.is_empty() {
+                                e.push(
+                                    f,
+                                    &format!("{key}.jwks_file"),
+                                    format!("`{}` has no usable key for the accepted algorithms", p.display()),
+                                );
+                            }
+                            Some(JwksSource::File { path: p, text })
+                        }
+                        Err(m) => {
+                            e.push(f, &format!("{key}.jwks_file"), format!("`{}`: {m}", p.display()));
+                            None
+                        }
+                    },
+                    Err(err) => {
+                        e.push(f, &format!("{key}.jwks_file"), format!("cannot read `{}`: {err}", p.display()));
+                        None
+                    }
+                }
+            }
+            _ => {
+                e.push(&j.id, &key, "set exactly one of `jwks_url` and `jwks_file`");
+                None
+            }
+        };
+        let leeway = e.duration(&j.leeway, &format!("{key}.leeway"), Duration::from_secs(5));
+        if leeway > Duration::from_secs(30) {
+            e.push_line(
+                Some(j.id.line),
+                &format!("{key}.leeway"),
+                "at most 30s: a larger leeway accepts expired tokens for too long",
+            );
+        }
+        let issuer = JwtIssuer {
+            id: j.id.value.clone(),
+            issuer: j.issuer.value.clone(),
+            audiences: j.audiences.iter().map(|a| a.value.clone()).collect(),
+            source: match source {
+                Some(s) => s,
+                None => continue,
+            },
+            algorithms,
+            leeway,
+            refresh: e.duration(&j.refresh, &format!("{key}.refresh"), Duration::from_secs(600)),
+            refetch_interval: e.duration(
+                &j.refetch_interval,
+                &format!("{key}.refetch_interval"),
+                Duration::from_secs(30),
+            ),
+            max_stale: e.duration(&j.max_stale, &format!("{key}.max_stale"), Duration::from_secs(86_400)),
+            caller_claim: j.caller_claim.as_ref().map_or_else(|| "sub".to_owned(), |c| c.value.clone()),
+            groups_claim: j.groups_claim.as_ref().map_or_else(|| "groups".to_owned(), |c| c.value.clone()),
+        };
+        if issuer.algorithms.is_empty() {
+            e.push(&j.id, &format!("{key}.algorithms"), "no accepted algorithm left");
+        }
+        if id.issuers.iter().any(|x| x.issuer == issuer.issuer) {
+            e.push(&j.issuer, &format!("{key}.issuer"), format!("two issuers with `iss` = `{}`", issuer.issuer));
+        }
+        id.issuers.push(issuer);
+    }
+    for (i, c) in raw.callers.iter().enumerate() {
+        let key = format!("callers[{i}]");
+        if !valid_id(&c.id.value) {
+            e.push(&c.id, &format!("{key}.id"), format!("`{}` must be letters, digits, `-`, `_` or `.`", c.id.value));
+        }
+        if id.callers.iter().any(|x| x.id == c.id.value) {
+            e.push(&c.id, &format!("{key}.id"), format!("duplicate caller id `{}`", c.id.value));
+            continue;
+        }
+        let idx = id.callers.len();
+        for m in &c.mtls {
+            if let Some(prev) = id.by_mtls.insert(m.value.clone(), idx) {
+                e.push(
+                    m,
+                    &format!("{key}.mtls"),
+                    format!("`{}` is already the identity of caller `{}`", m.value, id.callers[prev].id),
+                );
+            }
+        }
+        for (k, ak) in c.api_keys.iter().enumerate() {
+            match crate::identity::apikey::parse_stored(&ak.hash.value) {
+                Ok(d) => {
+                    if !id.keys.insert(d, idx, ak.id.value.clone()) {
+                        e.push(&ak.hash, &format!("{key}.api_keys[{k}].hash"), "this key is listed twice");
+                    }
+                }
+                Err(m) => e.push(&ak.hash, &format!("{key}.api_keys[{k}].hash"), m),
+            }
+        }
+        id.callers
+            .push(CallerDef { id: c.id.value.clone(), groups: c.groups.iter().map(|g| g.value.clone()).collect() });
+    }
+    id
+}
+
+fn compile_upstream_tls(
+    dir: &Path,
+    tls_raw: &RawUpstreamTls,
+    https: bool,
+    side: &mut Side,
+    e: &mut Errs<'_>,
+) -> Option<(TlsClient, UpstreamTlsInputs)> {
+    use std::sync::Arc;
+    let mut inputs = UpstreamTlsInputs { system_roots: tls_raw.system_roots.unwrap_or(true), ..Default::default() };
+    let mut ok = true;
+    if let Some(ca) = &tls_raw.ca {
+        match tls::read_certs(&side.file(dir, &ca.value)) {
+            Ok(c) => inputs.ca_certs = c,
+            Err(m) => {
+                e.push(ca, "tls.ca", m);
+                ok = false;
+            }
+        }
+    }
+    if !inputs.system_roots && inputs.ca_certs.is_empty() && https {
+        e.push_line(None, "tls", "https endpoints need trusted roots: set `tls.ca` or keep `system_roots: true`");
+        ok = false;
+    }
+    let mut client_key = None;
+    match (&tls_raw.client_cert, &tls_raw.client_key) {
+        (Some(c), Some(k)) => {
+            match tls::read_certs(&side.file(dir, &c.value)) {
+                Ok(chain) => inputs.client_cert = chain,
+                Err(m) => {
+                    e.push(c, "tls.client_cert", m);
+                    ok = false;
+                }
+            }
+            match tls::read_key(&side.file(dir, &k.value)) {
+                Ok(key) => {
+                    inputs.client_key_digest = Some(crate::identity::apikey::digest_bytes(key.secret_der()));
+                    client_key = Some(key);
+                }
+                Err(m) => {
+                    e.push(k, "tls.client_key", m);
+                    ok = false;
+                }
+            }
+        }
+        (None, None) => {}
+        (Some(c), None) => {
+            e.push(c, "tls.client_key", "`client_cert` needs `client_key`");
+            ok = false;
+        }
+        (None, Some(k)) => {
+            e.push(k, "tls.client_cert", "`client_key` needs `client_cert`");
+            ok = false;
+        }
+    }
+    if let Some(n) = &tls_raw.server_name {
+        if rustls_pki_types::ServerName::try_from(n.value.clone()).is_err() {
+            e.push(n, "tls.server_name", format!("`{}` is not a DNS name or IP address", n.value));
+            ok = false;
+        }
+        inputs.server_name = Some(n.value.clone());
+    }
+    inputs.min_13 = match tls_raw.min_version.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "1.2")) => false,
+        Some((_, "1.3")) => true,
+        Some((v, other)) => {
+            e.push(v, "tls.min_version", format!("`{other}` is not supported: use \"1.2\" or \"1.3\""));
+            false
+        }
+    };
+    for (i, p) in tls_raw.pins.iter().enumerate() {
+        use base64::Engine as _;
+        let valid = p
+            .value
+            .strip_prefix("sha256/")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .is_some_and(|d| d.len() == 32);
+        if valid {
+            inputs.pins.push(p.value.clone());
+        } else {
+            e.push(
+                p,
+                &format!("tls.pins[{i}]"),
+                "a pin is `sha256/` + the base64 SHA-256 of the certificate's SubjectPublicKeyInfo",
+            );
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    if inputs.system_roots {
+        let (_added, _ignored) = roots.add_parsable_certificates(crate::upstream::native_roots().iter().cloned());
+    }
+    for c in &inputs.ca_certs {
+        if let Err(err) = roots.add(c.clone()) {
+            e.push_line(None, "tls.ca", format!("CA certificate rejected: {err}"));
+            return None;
+        }
+    }
+    let builder = match rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(tls::versions(inputs.min_13))
+    {
+        Ok(b) => b,
+        Err(err) => {
+            e.push_line(None, "tls", format!("TLS setup failed: {err}"));
+            return None;
+        }
+    };
+    let builder = if inputs.pins.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        let webpki = match rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), tls::provider())
+            .build()
+        {
+            Ok(v) => v,
+            Err(err) => {
+                e.push_line(None, "tls", format!("TLS setup failed: {err}"));
+                return None;
+            }
+        };
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(tls::PinnedVerifier::new(webpki, inputs.pins.clone())))
+    };
+    let config = match client_key {
+        Some(key) => match builder.with_client_auth_cert(inputs.client_cert.clone(), key) {
+            Ok(c) => c,
+            Err(err) => {
+                e.push_line(None, "tls.client_key", format!("does not match `tls.client_cert`: {err}"));
+                return None;
+            }
+        },
+        None => builder.with_no_client_auth(),
+    };
+    Some((TlsClient(Arc::new(config)), inputs))
+}
+
+fn compile_upstream(
+    dir: &Path,
+    file: &Path,
+    raw: RawUpstream,
+    side: &mut Side,
+    out: &mut Vec<ConfigError>,
+) -> Option<Upstream> {
     let mut e = Errs { file, out };
     let id = raw.id.value.clone();
     if !valid_id(&id) {
@@ -411,31 +913,9 @@ fn compile_upstream(dir: &Path, file: &Path, raw: RawUpstream, out: &mut Vec<Con
             UpstreamProtocol::Auto
         }
     };
-    let mut ca_certs = Vec::new();
-    let tls = raw.tls.unwrap_or_default();
-    if let Some(ca) = &tls.ca {
-        let p = dir.join(&ca.value);
-        match CertificateDer::pem_file_iter(&p) {
-            Ok(iter) => {
-                for c in iter {
-                    match c {
-                        Ok(c) => ca_certs.push(c),
-                        Err(err) => {
-                            e.push(ca, "tls.ca", format!("`{}` has an unreadable certificate: {err}", p.display()))
-                        }
-                    }
-                }
-                if ca_certs.is_empty() {
-                    e.push(ca, "tls.ca", format!("`{}` contains no PEM certificates", p.display()));
-                }
-            }
-            Err(err) => e.push(ca, "tls.ca", format!("cannot read `{}`: {err}", p.display())),
-        }
-    }
-    let system_roots = tls.system_roots.unwrap_or(true);
-    if !system_roots && ca_certs.is_empty() && endpoints.iter().any(|x: &Endpoint| x.scheme == Scheme::HTTPS) {
-        e.push(&raw.id, "tls", "https endpoints need trusted roots: set `tls.ca` or keep `system_roots: true`");
-    }
+    let tls_raw = raw.tls.unwrap_or_default();
+    let https = endpoints.iter().any(|x: &Endpoint| x.scheme == Scheme::HTTPS);
+    let tls_built = compile_upstream_tls(dir, &tls_raw, https, side, &mut e);
     let connect_timeout = e.duration(&raw.connect_timeout, "connect_timeout", Duration::from_secs(5));
     let timeout = raw.timeout.as_ref().map(|t| e.duration(&Some(t.clone()), "timeout", Duration::from_secs(60)));
     let pool = raw.pool.unwrap_or_default();
@@ -484,13 +964,14 @@ fn compile_upstream(dir: &Path, file: &Path, raw: RawUpstream, out: &mut Vec<Con
             strip_headers.push(c.name.clone());
         }
     }
+    let (tls, tls_inputs) = tls_built?;
     Some(Upstream {
         id,
         origin: Origin { file: file.to_path_buf(), line: raw.id.line },
         endpoints,
         protocol,
-        ca_certs,
-        system_roots,
+        tls,
+        tls_inputs,
         connect_timeout,
         timeout,
         pool_idle_timeout,
@@ -610,6 +1091,7 @@ fn compile_route(
         upstream: upstream?,
         rewrite,
         upgrade: raw.upgrade,
+        anonymous: raw.anonymous,
         timeout,
         max_body,
     })

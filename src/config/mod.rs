@@ -25,7 +25,9 @@ use http::uri::{Authority, Scheme};
 use http::Method;
 
 use crate::credentials::HeaderCredential;
+use crate::identity::Identity;
 use crate::proxy::router::{HostPattern, Rewrite, Router, Template};
+use crate::tls::ClientAuth;
 
 pub use compile::load;
 
@@ -91,6 +93,13 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The route table.
     pub router: Router,
+    /// Callers and how they authenticate (`callers.yaml`).
+    pub identity: Identity,
+    /// Problems that do not stop the config from loading (e.g. a certificate about to expire).
+    pub warnings: Vec<ConfigError>,
+    /// Files outside the policies directory that the config reads (certificates, keys, JWKS):
+    /// watched too, so replacing one reloads the config.
+    pub external_files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -101,7 +110,7 @@ impl Config {
 }
 
 /// Settings from `gateway.yaml`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Gateway {
     /// Data-plane listeners.
     pub listeners: Vec<Listener>,
@@ -130,7 +139,7 @@ pub struct Gateway {
 }
 
 /// One data-plane listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listener {
     /// Name for logs.
     pub name: String,
@@ -140,8 +149,42 @@ pub struct Listener {
     pub max_connections: usize,
     /// Serve HTTP/1.1.
     pub http1: bool,
-    /// Serve HTTP/2 with prior knowledge.
+    /// Serve HTTP/2 (prior knowledge on plain listeners, ALPN `h2` on TLS listeners).
     pub h2c: bool,
+    /// TLS termination.
+    pub tls: Option<ListenerTls>,
+}
+
+impl Listener {
+    /// Same socket and protocols (what a reload cannot change without a restart).
+    pub fn same_socket(&self, other: &Listener) -> bool {
+        self.name == other.name
+            && self.bind == other.bind
+            && self.max_connections == other.max_connections
+            && self.http1 == other.http1
+            && self.h2c == other.h2c
+            && self.tls.is_some() == other.tls.is_some()
+    }
+}
+
+/// TLS termination on a listener. The certificates can change on reload; new handshakes use them.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The rustls server configuration (certificates by SNI, client verification, ALPN).
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+    /// Time allowed for the handshake.
+    pub handshake_timeout: Duration,
+    /// Client certificate mode.
+    pub client_auth: ClientAuth,
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Request limits.
@@ -227,10 +270,10 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     /// Protocol towards it.
     pub protocol: UpstreamProtocol,
-    /// Extra trusted CA certificates (DER).
-    pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
-    /// Trust the OS roots.
-    pub system_roots: bool,
+    /// TLS client configuration (roots, client certificate, pins).
+    pub tls: TlsClient,
+    /// What `tls` was built from, to decide whether a reload may keep the connection pool.
+    pub tls_inputs: UpstreamTlsInputs,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Time to response head, if set on the upstream.
@@ -249,12 +292,40 @@ impl Upstream {
     /// True when the connection pool built for `self` can serve `other` unchanged.
     pub fn same_transport(&self, other: &Upstream) -> bool {
         self.protocol == other.protocol
-            && self.ca_certs == other.ca_certs
-            && self.system_roots == other.system_roots
+            && self.tls_inputs == other.tls_inputs
             && self.connect_timeout == other.connect_timeout
             && self.pool_idle_timeout == other.pool_idle_timeout
             && self.pool_max_idle_per_host == other.pool_max_idle_per_host
     }
+}
+
+/// A ready rustls client configuration (its Debug output is short and stable).
+#[derive(Clone)]
+pub struct TlsClient(pub std::sync::Arc<rustls::ClientConfig>);
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+/// The inputs of an upstream's TLS client configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTlsInputs {
+    /// Extra trusted CA certificates (DER).
+    pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Trust the OS roots.
+    pub system_roots: bool,
+    /// Client certificate chain for upstream mTLS.
+    pub client_cert: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// SHA-256 of the client key (the key itself is not kept here).
+    pub client_key_digest: Option<[u8; 32]>,
+    /// SNI / verification name override.
+    pub server_name: Option<String>,
+    /// TLS 1.3 only.
+    pub min_13: bool,
+    /// Accepted SPKI pins.
+    pub pins: Vec<String>,
 }
 
 /// One base URL of an upstream.
@@ -298,6 +369,8 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// Upgrades allowed.
     pub upgrade: bool,
+    /// Callers without an identity are served.
+    pub anonymous: bool,
     /// Time to response head (route, else upstream, else gateway).
     pub timeout: Duration,
     /// Body limit.

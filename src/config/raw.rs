@@ -84,8 +84,124 @@ pub struct RawListener {
     pub bind: Sp<String>,
     /// Maximum concurrent connections; further clients wait in the kernel backlog.
     pub max_connections: Option<Sp<u64>>,
-    /// Protocols served: `http1`, `h2c` (HTTP/2 prior knowledge). Default both.
+    /// Protocols served: `http1` and `h2c` (HTTP/2 prior knowledge) on plain listeners, `http1` and
+    /// `h2` (by ALPN) on TLS listeners. Default both.
     pub protocols: Option<Vec<Sp<String>>>,
+    /// TLS termination; absent = plain HTTP.
+    pub tls: Option<RawListenerTls>,
+}
+
+/// TLS on a listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// Server certificates; the first is the default, the others are chosen by SNI.
+    pub certificates: Vec<RawServerCert>,
+    /// Lowest TLS version: `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<Sp<String>>,
+    /// Time a client has to complete the handshake. Default `10s`.
+    pub handshake_timeout: Option<Sp<DurationText>>,
+    /// Client certificates: `off` (default), `optional` or `required`.
+    pub client_auth: Option<Sp<String>>,
+    /// PEM bundle of CAs that issue client certificates (needed unless `client_auth: off`).
+    pub client_ca: Option<Sp<String>>,
+    /// PEM files of certificate revocation lists for client certificates.
+    #[serde(default)]
+    pub crl: Vec<Sp<String>>,
+}
+
+/// One server certificate and its key.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawServerCert {
+    /// PEM certificate chain (leaf first), relative to the policies directory.
+    pub cert: Sp<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Sp<String>,
+    /// SNI names this certificate answers for; default: the DNS names in the certificate.
+    pub names: Option<Vec<Sp<String>>>,
+}
+
+/// `callers.yaml`: who the callers are and how they prove it.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawCallers {
+    /// Interlock-issued API keys.
+    pub api_keys: Option<RawApiKeys>,
+    /// Identity providers whose JWTs are accepted.
+    #[serde(default)]
+    pub jwt: Vec<RawJwtIssuer>,
+    /// Known callers.
+    #[serde(default)]
+    pub callers: Vec<RawCaller>,
+}
+
+/// API key settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// Request header carrying the key. Default `x-api-key`.
+    pub header: Option<Sp<String>>,
+}
+
+/// One JWT issuer (identity provider).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawJwtIssuer {
+    /// Name used in logs and caller records.
+    pub id: Sp<String>,
+    /// Required `iss` claim.
+    pub issuer: Sp<String>,
+    /// Accepted `aud` values; when set, tokens must carry one of them.
+    #[serde(default)]
+    pub audiences: Vec<Sp<String>>,
+    /// JWKS URL (https, or http on loopback).
+    pub jwks_url: Option<Sp<String>>,
+    /// JWKS file, relative to the policies directory (re-read on reload).
+    pub jwks_file: Option<Sp<String>>,
+    /// Extra CA bundle for the JWKS URL.
+    pub ca: Option<Sp<String>>,
+    /// Accepted algorithms. Default `[RS256, ES256]`. `none` and HMAC are never accepted.
+    pub algorithms: Option<Vec<Sp<String>>>,
+    /// Clock skew allowed for `exp`/`nbf`. Default `5s`, at most `30s`.
+    pub leeway: Option<Sp<DurationText>>,
+    /// Background JWKS refresh interval. Default `10m`.
+    pub refresh: Option<Sp<DurationText>>,
+    /// Minimum time between refetches caused by an unknown `kid`. Default `30s`.
+    pub refetch_interval: Option<Sp<DurationText>>,
+    /// How long the last fetched JWKS keeps working while the IdP is unreachable. Default `24h`.
+    pub max_stale: Option<Sp<DurationText>>,
+    /// Claim holding the caller id. Default `sub`.
+    pub caller_claim: Option<Sp<String>>,
+    /// Claim holding the caller's groups (array, or space-separated string). Default `groups`.
+    pub groups_claim: Option<Sp<String>>,
+}
+
+/// One caller.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawCaller {
+    /// Caller id, used by policies, logs and audit.
+    pub id: Sp<String>,
+    /// Groups the caller belongs to.
+    #[serde(default)]
+    pub groups: Vec<Sp<String>>,
+    /// Client-certificate identities (SPIFFE URI, DNS name or CN) that are this caller.
+    #[serde(default)]
+    pub mtls: Vec<Sp<String>>,
+    /// API keys of this caller, stored as hashes.
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+}
+
+/// A stored API key (only its hash).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// Key id for logs and audit (never the key).
+    pub id: Sp<String>,
+    /// `sha256:<64 hex>` of the key, as printed by `interlock keys new`.
+    pub hash: Sp<String>,
 }
 
 /// The admin listener.
@@ -204,6 +320,17 @@ pub struct RawUpstreamTls {
     pub ca: Option<Sp<String>>,
     /// Also trust the operating system's roots. Default true.
     pub system_roots: Option<bool>,
+    /// Client certificate (PEM chain) for upstream mTLS.
+    pub client_cert: Option<Sp<String>>,
+    /// Key of the client certificate.
+    pub client_key: Option<Sp<String>>,
+    /// Server name to send (SNI) and verify, instead of the endpoint's host.
+    pub server_name: Option<Sp<String>>,
+    /// Lowest TLS version: `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<Sp<String>>,
+    /// Accepted SPKI pins, `sha256/<base64>` of the server certificate's public key (opt-in).
+    #[serde(default)]
+    pub pins: Vec<Sp<String>>,
 }
 
 /// Upstream connection pool.
@@ -247,6 +374,9 @@ pub struct RawRoute {
     /// Allow `Upgrade` (e.g. WebSocket) on this route. Default false.
     #[serde(default)]
     pub upgrade: bool,
+    /// Serve callers that present no identity. Default false: such requests get 401.
+    #[serde(default)]
+    pub anonymous: bool,
     /// Time to the upstream's response head; overrides the upstream and gateway.
     pub timeout: Option<Sp<DurationText>>,
     /// Request body limit for this route.

@@ -106,7 +106,9 @@ impl Diff {
             .map(|o| o.id.clone())
             .collect();
         let (og, ng) = (&old.gateway, &new.gateway);
-        if og.listeners != ng.listeners {
+        if og.listeners.len() != ng.listeners.len()
+            || og.listeners.iter().zip(&ng.listeners).any(|(a, b)| !a.same_socket(b))
+        {
             d.restart_required.push("listeners".to_owned());
         }
         if og.admin_bind != ng.admin_bind {

@@ -29,12 +29,16 @@ pub const INTEL_ADDR: &str = "127.0.0.1:18901";
 /// Where the demo's simulated EDR API listens (matches `policies/demo/upstreams/edr.yaml`).
 pub const EDR_ADDR: &str = "127.0.0.1:18902";
 
+/// The demo caller's API key (its hash is in `policies/demo/callers.yaml`). Not a secret.
+pub const DEMO_API_KEY: &str = "ilk_demo_soar_key_not_secret_7fQ2xLw9";
+
 /// A known-bad file hash in the intel fixture (the EICAR test file's MD5).
 pub const BAD_HASH: &str = "44d88612fea8a8f36de82e1278abb02f";
 
 /// The demo policies built into the binary, written out when `policies/demo` is not at hand.
 const EMBEDDED: &[(&str, &str)] = &[
     ("gateway.yaml", include_str!("../../policies/demo/gateway.yaml")),
+    ("callers.yaml", include_str!("../../policies/demo/callers.yaml")),
     ("upstreams/intel.yaml", include_str!("../../policies/demo/upstreams/intel.yaml")),
     ("upstreams/edr.yaml", include_str!("../../policies/demo/upstreams/edr.yaml")),
     ("routes/intel.yaml", include_str!("../../policies/demo/routes/intel.yaml")),
@@ -321,17 +325,25 @@ pub fn write_embedded(dir: &Path) -> std::io::Result<()> {
 /// The commands printed for a newcomer.
 pub fn curl_commands(gateway: SocketAddr, admin: SocketAddr) -> Vec<(String, String)> {
     let g = format!("http://{gateway}");
+    let k = format!("-H 'x-api-key: {DEMO_API_KEY}'");
     vec![
-        ("Look up a known-bad file hash (the gateway adds the vendor key):".into(), format!("curl -s {g}/intel/files/{BAD_HASH}")),
-        ("Look up a domain:".into(), format!("curl -s {g}/intel/domains/malware-c2.test")),
-        ("List EDR alert ids (the gateway adds the bearer token):".into(), format!("curl -s '{g}/edr/alerts?limit=2'")),
+        (
+            "Look up a known-bad file hash as the `soar` tool (its Interlock API key in; the vendor key added by the gateway):".into(),
+            format!("curl -s {k} {g}/intel/files/{BAD_HASH}"),
+        ),
+        ("Without a key, the gateway does not know who is calling: 401 problem+json:".into(), format!("curl -si {g}/intel/files/{BAD_HASH}")),
+        ("Look up a domain:".into(), format!("curl -s {k} {g}/intel/domains/malware-c2.test")),
+        ("List EDR alert ids (the gateway adds the vendor's bearer token):".into(), format!("curl -s {k} '{g}/edr/alerts?limit=2'")),
         (
             "Fetch alert details by id:".into(),
-            format!("curl -s -X POST {g}/edr/alerts/details -H 'content-type: application/json' -d '{{\"composite_ids\":[\"{}\"]}}'", ALERTS[0].0),
+            format!(
+                "curl -s {k} -X POST {g}/edr/alerts/details -H 'content-type: application/json' -d '{{\"composite_ids\":[\"{}\"]}}'",
+                ALERTS[0].0
+            ),
         ),
-        ("An unknown hash: the vendor's own 404 passes through:".into(), format!("curl -s {g}/intel/files/0000000000000000000000000000dead")),
-        ("A path no route serves: a problem+json answer from the gateway:".into(), format!("curl -si {g}/nope")),
-        ("A path trick the gateway refuses before routing:".into(), format!("curl -si --path-as-is '{g}/intel/files/..%2f..%2fadmin'")),
+        ("An unknown hash: the vendor's own 404 passes through:".into(), format!("curl -s {k} {g}/intel/files/0000000000000000000000000000dead")),
+        ("A path no route serves: a problem+json answer from the gateway:".into(), format!("curl -si {k} {g}/nope")),
+        ("A path trick the gateway refuses before routing:".into(), format!("curl -si {k} --path-as-is '{g}/intel/files/..%2f..%2fadmin'")),
         ("The gateway's config status (admin port):".into(), format!("curl -s http://{admin}/config/status")),
     ]
 }

@@ -21,6 +21,7 @@ use drain::DrainWatch;
 
 use crate::config::reload::Store;
 use crate::config::{Limits, Listener};
+use crate::identity::mtls::PeerCert;
 use crate::proxy::{self, ConnInfo};
 
 /// The HTTP server settings for one connection, derived from the limits in force when it was
@@ -57,6 +58,45 @@ fn hyper_max_buf(limits: &Limits) -> usize {
     (limits.max_header_bytes * 2 + 16 * 1024).max(400 * 1024)
 }
 
+/// Serves HTTP on one accepted (and, for TLS listeners, handshaken) connection until it ends or
+/// the drain asks it to finish.
+async fn serve_connection<IO>(
+    io: IO,
+    mut conn: ConnInfo,
+    cfg: &Listener,
+    limits: &Limits,
+    store: Arc<Store>,
+    mut drain: DrainWatch,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = http_builder(limits, cfg);
+    let (io, framing) =
+        sniff::SniffedIo::new(io, hyper_max_buf(limits), hyper_max_headers(limits), limits.header_read_timeout);
+    conn.framing = Some(framing);
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        // Each request pins the snapshot current at its arrival (invariant 6).
+        let snap = store.load();
+        async move { Ok::<_, Infallible>(proxy::handle(snap, &conn, req).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = drain.signaled() => {
+            // Finish in-flight requests, refuse new ones (h1: no keep-alive; h2: GOAWAY).
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 /// Accepts connections on `tcp` until the drain is signalled, serving each with the proxy.
 pub async fn serve(tcp: TcpListener, cfg: Listener, store: Arc<Store>, mut drain: DrainWatch) {
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
@@ -89,32 +129,40 @@ pub async fn serve(tcp: TcpListener, cfg: Listener, store: Arc<Store>, mut drain
         // The address this connection reached (a wildcard listener's own address is 0.0.0.0).
         let local = stream.local_addr().unwrap_or(local);
         let snap = store.load();
-        let limits = &snap.config.gateway.limits;
-        let builder = http_builder(limits, &cfg);
-        let (io, framing) =
-            sniff::SniffedIo::new(stream, hyper_max_buf(limits), hyper_max_headers(limits), limits.header_read_timeout);
-        let conn = Arc::new(ConnInfo { peer, local, scheme: "http", framing: Some(framing) });
-        let store = store.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let conn = conn.clone();
-            // Each request pins the snapshot current at its arrival (invariant 6).
-            let snap = store.load();
-            async move { Ok::<_, Infallible>(proxy::handle(snap, &conn, req).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-        let mut drain = drain.clone();
+        // Listeners are fixed for the process; their TLS material follows the current snapshot.
+        let tls = snap.config.gateway.listeners.iter().find(|l| l.bind == cfg.bind).and_then(|l| l.tls.clone());
+        let limits = snap.config.gateway.limits.clone();
+        drop(snap);
+        let (store, drain, cfg) = (store.clone(), drain.clone(), cfg.clone());
         tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                r = connection.as_mut() => r,
-                _ = drain.signaled() => {
-                    // Finish in-flight requests, refuse new ones (h1: no keep-alive; h2: GOAWAY).
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match tls {
+                None => {
+                    let conn = ConnInfo { peer, local, scheme: "http", framing: None, peer_cert: None };
+                    serve_connection(stream, conn, &cfg, &limits, store, drain).await;
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+                    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let peer_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(PeerCert::from_der)
+                        .map(Arc::new);
+                    let conn = ConnInfo { peer, local, scheme: "https", framing: None, peer_cert };
+                    serve_connection(stream, conn, &cfg, &limits, store, drain).await;
+                }
             }
             drop(permit);
         });

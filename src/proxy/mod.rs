@@ -22,6 +22,8 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::error::{new_trace_id, rescue, trace_id_of, GatewayError};
+use crate::identity::mtls::PeerCert;
+use crate::identity::{identify, Identified, IdentityError};
 use crate::listener::sniff::{Framing, FramingLog};
 use crate::snapshot::Snapshot;
 use crate::upstream::{Failure, UpstreamError};
@@ -41,6 +43,8 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// HTTP/1 framing verdicts from the connection's sniffer.
     pub framing: Option<Arc<FramingLog>>,
+    /// The verified client certificate's identity (TLS listeners with client auth).
+    pub peer_cert: Option<Arc<PeerCert>>,
 }
 
 /// Serves one request on `snap` (loaded by the caller for this request only).
@@ -107,7 +111,16 @@ async fn forward(
     let host = request_host(&req, conn, &gw.server_names)?;
     // 5. One normalised path for routing and forwarding.
     let path = normalize::normalize(req.uri().path())?;
-    // 6. Route.
+    // 6. Who is calling (says who, never may). Invalid credentials are refused on every route.
+    let id = &snap.config.identity;
+    let identified = identify(id, &snap.identity, conn.peer_cert.as_ref(), req.headers()).await.map_err(|err| {
+        let challenge = match &err {
+            IdentityError::InvalidToken(e) => id.challenge(Some(&e.to_string())),
+            _ => id.challenge(None),
+        };
+        GatewayError::Identity { err, challenge }
+    })?;
+    // 7. Route.
     let m = match snap.config.router.lookup(&host, req.method(), &path) {
         Lookup::Found(m) => m,
         Lookup::MethodNotAllowed(allowed) => {
@@ -118,18 +131,27 @@ async fn forward(
         }
     };
     let route = &snap.config.routes[m.route];
-    // 7. Upgrades only where the route allows them.
+    // 8. Routes serve anonymous callers only when they say so.
+    let caller = match identified {
+        Identified::Caller(c) => Some(c),
+        _ if route.anonymous => None,
+        Identified::UnknownCertificate(identity) => return Err(GatewayError::UnknownCertificate { identity }),
+        Identified::Anonymous => {
+            return Err(GatewayError::Unauthenticated { route: route.id.clone(), challenge: id.challenge(None) })
+        }
+    };
+    // 9. Upgrades only where the route allows them.
     let upgrading = req.headers().contains_key(header::UPGRADE);
     if upgrading && !route.upgrade {
         return Err(GatewayError::UpgradeNotAllowed { route: route.id.clone() });
     }
-    // 8. Body limit, up front when the length is declared; streamed bodies are counted in `RequestBody`.
+    // 10. Body limit, up front when the length is declared; streamed bodies are counted in `RequestBody`.
     if let Some(len) = content_length(req.headers()) {
         if len > route.max_body {
             return Err(GatewayError::BodyTooLarge { limit: route.max_body });
         }
     }
-    // 9. Target URI: endpoint + base path + (rewritten) path + the original query.
+    // 11. Target URI: endpoint + base path + (rewritten) path + the original query.
     let client = &snap.clients[route.upstream];
     let upstream = &snap.config.upstreams[route.upstream];
     let ep = client.pick();
@@ -153,7 +175,7 @@ async fn forward(
         .path_and_query(pq)
         .build()
         .map_err(|_| GatewayError::InvalidPath(normalize::PathError::BadEscape))?;
-    // 10. Headers: connection-scoped ones, caller credentials, our Host and forwarding headers, the
+    // 12. Headers: connection-scoped ones, caller credentials, our Host and forwarding headers, the
     //     request id, then the injected credential last so nothing can overwrite it.
     let client_upgrade = if upgrading { Some(hyper::upgrade::on(&mut req)) } else { None };
     let (mut parts, incoming) = req.into_parts();
@@ -166,8 +188,11 @@ async fn forward(
     }
     parts.uri = uri;
     parts.version = Version::HTTP_11; // the pool picks the wire version
+    if let Some(c) = caller {
+        parts.extensions.insert(c); // typed request fact for later stages (policy, audit)
+    }
     let out = Request::from_parts(parts, RequestBody::new(incoming, route.max_body));
-    // 11. Send, bounded by the route's deadline to the response head.
+    // 13. Send, bounded by the route's deadline to the response head.
     let res = match tokio::time::timeout(route.timeout, client.send(out)).await {
         Err(_) => return Err(GatewayError::RequestTimeout(route.timeout)),
         Ok(Err(e)) => {
@@ -178,7 +203,7 @@ async fn forward(
         }
         Ok(Ok(res)) => res,
     };
-    // 12. A granted upgrade becomes a byte tunnel between the two connections.
+    // 14. A granted upgrade becomes a byte tunnel between the two connections.
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             if let Some(f) = &conn.framing {

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -40,6 +40,19 @@ pub enum UpstreamErrorKind {
     Protocol,
     /// The caller's request body failed while being forwarded.
     RequestBody,
+    /// The TLS handshake with the upstream failed (nothing was sent).
+    Tls(TlsFailure),
+}
+
+/// Why a TLS handshake with an upstream failed, in words for the problem detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The certificate's key matches none of the configured pins.
+    PinMismatch,
+    /// The certificate chain is not trusted (unknown CA, expired, wrong name...).
+    Untrusted,
+    /// The upstream refused our client certificate or the handshake otherwise.
+    Handshake,
 }
 
 /// A failed upstream exchange.
@@ -98,11 +111,27 @@ impl UpstreamError {
         let connect = err.is_connect();
         let mut kind = if connect { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Reset };
         let mut fault = Fault::Upstream;
+        let mut tls = None;
         {
             let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
             while let Some(e) = cur {
                 if let Some(l) = e.downcast_ref::<BodyLimitExceeded>() {
                     return Failure::BodyTooLarge(l.limit);
+                }
+                // tokio-rustls reports handshake failures as io::Error carrying the rustls error.
+                let inner = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+                if let Some(r) =
+                    inner.and_then(|i| i.downcast_ref::<rustls::Error>()).or_else(|| e.downcast_ref::<rustls::Error>())
+                {
+                    tls = Some(match r {
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))
+                            if o.0.downcast_ref::<crate::tls::PinMismatch>().is_some() =>
+                        {
+                            TlsFailure::PinMismatch
+                        }
+                        rustls::Error::InvalidCertificate(_) => TlsFailure::Untrusted,
+                        _ => TlsFailure::Handshake,
+                    });
                 }
                 if let Some(h) = e.downcast_ref::<hyper::Error>() {
                     if h.is_parse() || h.is_parse_status() {
@@ -118,7 +147,10 @@ impl UpstreamError {
             }
         }
         if connect {
-            kind = UpstreamErrorKind::Connect;
+            kind = match tls {
+                Some(t) => UpstreamErrorKind::Tls(t),
+                None => UpstreamErrorKind::Connect,
+            };
         }
         Failure::Upstream(UpstreamError {
             upstream: upstream.to_owned(),
@@ -147,7 +179,8 @@ impl fmt::Debug for UpstreamClient {
     }
 }
 
-fn native_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
+/// The operating system's trusted roots, loaded once.
+pub fn native_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<rustls_pki_types::CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let res = rustls_native_certs::load_native_certs();
@@ -159,26 +192,19 @@ fn native_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
 }
 
 impl UpstreamClient {
-    /// Builds the client for `u`. Fails only if no trust root could be assembled.
-    pub fn new(u: &Upstream) -> Result<UpstreamClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        if u.system_roots {
-            let (_added, _ignored) = roots.add_parsable_certificates(native_roots().iter().cloned());
-        }
-        for c in &u.ca_certs {
-            roots.add(c.clone()).map_err(|e| format!("upstream `{}`: CA certificate rejected: {e}", u.id))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup failed: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    /// Builds the client for `u` (its TLS configuration was built by the config compiler).
+    pub fn new(u: &Upstream) -> UpstreamClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(u.connect_timeout));
+        let tls = (*u.tls.0).clone();
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let builder =
+            match u.tls_inputs.server_name.clone().and_then(|n| rustls_pki_types::ServerName::try_from(n).ok()) {
+                Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+                None => builder,
+            };
         let connector = match u.protocol {
             UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
             UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
@@ -190,12 +216,12 @@ impl UpstreamClient {
             .pool_idle_timeout(u.pool_idle_timeout)
             .pool_max_idle_per_host(u.pool_max_idle_per_host)
             .http2_only(u.protocol == UpstreamProtocol::Http2);
-        Ok(UpstreamClient {
+        UpstreamClient {
             client: cb.build(connector),
             endpoints: u.endpoints.clone(),
             next: AtomicUsize::new(0),
             built_for: u.clone(),
-        })
+        }
     }
 
     /// A client for `u` sharing this one's connection pool (same transport, maybe new endpoints).

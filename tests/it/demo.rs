@@ -55,6 +55,8 @@ fn demo_starts_and_its_printed_commands_succeed() {
     assert_eq!(ids["resources"].as_array().unwrap().len(), 2);
     let details: serde_json::Value = serde_json::from_str(&outputs[find("/edr/alerts/details")]).unwrap();
     assert_eq!(details["resources"][0]["severity_name"], "High");
+    let anon = &outputs[commands.iter().position(|c| !c.contains("x-api-key") && c.contains("/intel/files/")).unwrap()];
+    assert!(anon.contains("401") && anon.contains("unauthenticated") && anon.contains("www-authenticate"), "{anon}");
     let nope = &outputs[find("/nope")];
     assert!(nope.contains("404") && nope.contains("application/problem+json") && nope.contains("no-route"), "{nope}");
     let trick = &outputs[find("%2f")];

@@ -67,7 +67,7 @@ async fn sigterm_drains_a_slow_request_then_exits_zero() {
     let up = Upstream::start().await;
     let p = Policies::new("shutdown:\n  grace: 10s\n");
     p.upstream("up", up.addr, "", "");
-    p.write("routes/r.yaml", "- id: all\n  match:\n    path: /**\n  upstream: up\n");
+    p.write("routes/r.yaml", "- id: all\n  match:\n    path: /**\n  upstream: up\n  anonymous: true\n");
     let (mut child, addr, admin, _logs) = spawn_run(p.path());
     let slow = tokio::spawn(async move { get(&format!("http://{addr}/slow?sleep_ms=1500")).await });
     wait_until("the slow request to reach the upstream", Duration::from_secs(5), || up.count() == 1).await;
@@ -89,7 +89,7 @@ async fn sighup_reloads_and_health_endpoints_answer() {
     let up = Upstream::start().await;
     let p = Policies::new("reload:\n  watch: false\n");
     p.upstream("up", up.addr, "", "");
-    p.write("routes/r.yaml", "- id: a\n  match:\n    path: /a\n  upstream: up\n");
+    p.write("routes/r.yaml", "- id: a\n  match:\n    path: /a\n  upstream: up\n  anonymous: true\n");
     let (mut child, addr, admin, _logs) = spawn_run(p.path());
     let (s, _, _) = get(&format!("http://{admin}/healthz")).await;
     assert_eq!(s, StatusCode::OK);
@@ -97,7 +97,7 @@ async fn sighup_reloads_and_health_endpoints_answer() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, _, _) = get(&format!("http://{addr}/b")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    p.write("routes/r.yaml", "- id: b\n  match:\n    path: /b\n  upstream: up\n");
+    p.write("routes/r.yaml", "- id: b\n  match:\n    path: /b\n  upstream: up\n  anonymous: true\n");
     signal(&child, "-HUP");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while get(&format!("http://{addr}/b")).await.0 != StatusCode::OK {
@@ -119,7 +119,7 @@ fn check_prints_a_summary_or_every_error() {
     p.upstream("up", "127.0.0.1:1".parse().unwrap(), "/v1", "");
     p.write(
         "routes/r.yaml",
-        "- id: a\n  match:\n    path: /a/{id}\n    methods: [GET]\n  upstream: up\n  rewrite: /x/{id}\n",
+        "- id: a\n  match:\n    path: /a/{id}\n    methods: [GET]\n  upstream: up\n  anonymous: true\n  rewrite: /x/{id}\n",
     );
     let out = Command::new(bin()).arg("check").arg(p.path()).output().unwrap();
     assert!(out.status.success());
@@ -139,7 +139,7 @@ fn check_prints_a_summary_or_every_error() {
 #[test]
 fn published_schemas_are_current_and_reject_unknown_keys() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for kind in ["gateway", "upstream", "routes"] {
+    for kind in ["gateway", "callers", "upstream", "routes"] {
         let out = Command::new(bin()).args(["schema", kind]).output().unwrap();
         assert!(out.status.success());
         let generated = String::from_utf8(out.stdout).unwrap();

@@ -13,16 +13,19 @@ const ROUTES: &str = r#"
     path: /api/**
     methods: [GET, POST]
   upstream: up
+  anonymous: true
   max_body: 1KiB
 - id: slow
   match:
     path: /slow/**
   upstream: up
+  anonymous: true
   timeout: 300ms
 - id: dead
   match:
     path: /dead/**
   upstream: dead
+  anonymous: true
 "#;
 
 async fn gateway() -> (Running, Upstream) {

@@ -13,21 +13,25 @@ const ROUTES: &str = r#"
     path: /vt/files/{hash}
     methods: [GET, HEAD]
   upstream: vt
+  anonymous: true
   rewrite: /files/{hash}
 - id: vt-any
   match:
     path: /vt/**
   upstream: vt
+  anonymous: true
   rewrite: /**
 - id: host-only
   match:
     path: /hosted/**
     host: api.example.test
   upstream: vt
+  anonymous: true
 - id: ws
   match:
     path: /ws/upgrade
   upstream: vt
+  anonymous: true
   upgrade: true
 "#;
 

@@ -10,7 +10,7 @@ use crate::support::*;
 
 fn routes(version: usize) -> String {
     format!(
-        "- id: api\n  match:\n    path: /api/**\n  upstream: up\n  rewrite: /v{version}/**\n- id: extra-{version}\n  match:\n    path: /extra{version}\n  upstream: up\n"
+        "- id: api\n  match:\n    path: /api/**\n  upstream: up\n  anonymous: true\n  rewrite: /v{version}/**\n- id: extra-{version}\n  match:\n    path: /extra{version}\n  upstream: up\n  anonymous: true\n"
     )
 }
 
@@ -72,7 +72,7 @@ async fn in_flight_requests_finish_on_the_config_they_started_with() {
     let slow = tokio::spawn(async move { get(&url).await });
     wait_until("the slow request to arrive", Duration::from_secs(5), || up.count() == 1).await;
     // Remove the route while the request is in flight.
-    gw.policies.write("routes/r.yaml", "- id: other\n  match:\n    path: /other\n  upstream: up\n");
+    gw.policies.write("routes/r.yaml", "- id: other\n  match:\n    path: /other\n  upstream: up\n  anonymous: true\n");
     let (s, _, _) = admin_post(gw.admin, "/reload").await;
     assert_eq!(s, StatusCode::OK);
     let (s, h, b) = get(&gw.url("/api/slow")).await;
@@ -88,8 +88,10 @@ async fn a_broken_config_is_rejected_with_every_error_and_the_old_one_keeps_serv
     p.upstream("up", up.addr, "", "");
     p.write("routes/r.yaml", &routes(1));
     let gw = Running::start(p).await;
-    gw.policies
-        .write("routes/r.yaml", "- id: api\n  match:\n    path: /api/**\n    methodz: [GET]\n  upstream: nowhere\n");
+    gw.policies.write(
+        "routes/r.yaml",
+        "- id: api\n  match:\n    path: /api/**\n    methodz: [GET]\n  upstream: nowhere\n  anonymous: true\n",
+    );
     gw.policies.write("upstreams/bad.yaml", "id: bad\nendpoints: [\"http://x\"]\ntimeout: soon\n");
     let (s, h, b) = admin_post(gw.admin, "/reload").await;
     let v = assert_problem_admin(s, &h, &b);

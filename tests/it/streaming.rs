@@ -10,7 +10,8 @@ use hyper::body::Frame;
 
 use crate::support::*;
 
-const ROUTES: &str = "- id: all\n  match:\n    path: /**\n  upstream: up\n  max_body: 1GiB\n  timeout: 5m\n";
+const ROUTES: &str =
+    "- id: all\n  match:\n    path: /**\n  upstream: up\n  anonymous: true\n  max_body: 1GiB\n  timeout: 5m\n";
 
 fn stream_of(total: u64) -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
     let chunk = Bytes::from(vec![b'z'; 64 * 1024]);

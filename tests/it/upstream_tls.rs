@@ -55,7 +55,7 @@ async fn gateway_to(endpoint: &str, extra: &str, ca_pem: Option<&str>) -> Runnin
         p.write("certs/upstream-ca.pem", pem);
     }
     p.write("upstreams/v.yaml", &format!("id: v\nendpoints: [\"{endpoint}\"]\n{extra}"));
-    p.write("routes/r.yaml", "- id: all\n  match:\n    path: /**\n  upstream: v\n");
+    p.write("routes/r.yaml", "- id: all\n  match:\n    path: /**\n  upstream: v\n  anonymous: true\n");
     Running::start(p).await
 }
 
