@@ -45,11 +45,50 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Interlock API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Start simulated vendor APIs and the gateway in front of them, and print commands to try.
     Demo {
         /// Policies to use; default `policies/demo` if present, else the copy built into the binary.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Generate a key for a caller: prints the key once, and the entry to paste into callers.yaml.
+    New {
+        /// The caller the key belongs to.
+        #[arg(long)]
+        caller: String,
+        /// A name for the key in logs and audit (default: `<caller>-<date>`).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Generate a development PKI: CA, a localhost server certificate, client certificates.
+    Dev {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// A caller to issue a client certificate for (repeatable).
+        #[arg(long = "caller")]
+        callers: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
     },
 }
 
@@ -114,7 +153,54 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { config } => run(&config),
+        Command::Keys { command: KeysCommand::New { caller, id } } => keys_new(&caller, id),
+        Command::Certs { command: CertsCommand::Dev { out, callers, days } } => certs_dev(&out, &callers, days),
         Command::Demo { config } => crate::demo::main(config),
+    }
+}
+
+fn keys_new(caller: &str, id: Option<String>) -> ExitCode {
+    let (key, stored) = match crate::identity::apikey::generate() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("interlock: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    let id = id.unwrap_or_else(|| format!("{caller}-{today}"));
+    println!("API key for caller `{caller}` (shown once; give it to the tool, store it in its secret store):\n");
+    println!("    {key}\n");
+    println!("Add to callers.yaml under the caller `{caller}` (only the hash is stored):\n");
+    println!("  - id: {caller}\n    api_keys:\n      - id: {id}\n        hash: {stored}\n");
+    println!("The tool sends it in the configured header (default `x-api-key: <key>`).");
+    ExitCode::SUCCESS
+}
+
+fn certs_dev(out: &Path, callers: &[String], days: u32) -> ExitCode {
+    match crate::certs::write_dev_pki(out, callers, days) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {f}");
+            }
+            let d = out.display();
+            println!("\nA TLS listener with client certificates (gateway.yaml):\n");
+            println!("  listeners:\n    - bind: 127.0.0.1:8443\n      tls:\n        certificates:\n          - cert: {d}/server.pem\n            key: {d}/server.key\n        client_auth: required\n        client_ca: {d}/ca.pem\n");
+            if !callers.is_empty() {
+                println!("The callers (callers.yaml):\n\n  callers:");
+                for c in callers {
+                    println!("    - id: {c}\n      mtls: [spiffe://{}/{c}]", crate::certs::DEV_TRUST_DOMAIN);
+                }
+                let c = &callers[0];
+                println!("\nThen: curl --cacert {d}/ca.pem --cert {d}/client-{c}.pem --key {d}/client-{c}.key https://localhost:8443/...");
+            }
+            println!("\nThese are for development only: paths in the config are relative to the policies directory.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("interlock: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -133,14 +219,22 @@ fn check(dir: &Path) -> ExitCode {
         }
         Ok(c) => {
             println!("{}: OK", dir.display());
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
             println!("listeners:");
             for l in &c.gateway.listeners {
+                let h2 = if l.tls.is_some() { "h2" } else { "h2c" };
                 let protos = match (l.http1, l.h2c) {
-                    (true, true) => "http1+h2c",
-                    (true, false) => "http1",
-                    _ => "h2c",
+                    (true, true) => format!("http1+{h2}"),
+                    (true, false) => "http1".to_owned(),
+                    _ => h2.to_owned(),
                 };
-                println!("  {:<20} {} ({protos}, max {} connections)", l.name, l.bind, l.max_connections);
+                let tls = match &l.tls {
+                    Some(t) => format!(", TLS, client certificates {:?}", t.client_auth).to_lowercase(),
+                    None => String::new(),
+                };
+                println!("  {:<20} {} ({protos}{tls}, max {} connections)", l.name, l.bind, l.max_connections);
             }
             println!("  {:<20} {}", "admin", c.gateway.admin_bind);
             println!("upstreams:");
@@ -151,6 +245,14 @@ fn check(dir: &Path) -> ExitCode {
                     u.credential.as_ref().map(|c| format!(", credential `{}` as {}", c.id, c.name)).unwrap_or_default();
                 println!("  {:<20} {}{cred}", u.id, eps.join(" "));
             }
+            let id = &c.identity;
+            println!(
+                "callers: {} known, {} API key(s) in header `{}`, {} JWT issuer(s)",
+                id.callers.len(),
+                id.keys.len(),
+                id.api_key_header,
+                id.issuers.len()
+            );
             println!("routes:");
             for r in &c.routes {
                 let methods = r
@@ -159,8 +261,9 @@ fn check(dir: &Path) -> ExitCode {
                     .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
                     .unwrap_or_else(|| "*".to_owned());
                 let host = r.host.as_ref().map(|h| format!(" host {h}")).unwrap_or_default();
+                let anon = if r.anonymous { ", anonymous" } else { "" };
                 println!(
-                    "  {:<20} {methods} {}{host} -> {} (timeout {}, max body {})",
+                    "  {:<20} {methods} {}{host} -> {} (timeout {}, max body {}{anon})",
                     r.id,
                     r.template,
                     c.upstreams[r.upstream].id,

@@ -76,6 +76,11 @@ impl KeyTable {
         self.by_digest.insert(digest, (caller, key_id)).is_none()
     }
 
+    /// Number of stored keys.
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
     /// Whether any key is configured.
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
