@@ -11,6 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::pem::PemObject as _;
 use time::OffsetDateTime;
 
 /// Trust domain of the SPIFFE ids in development client certificates.
@@ -127,6 +128,36 @@ impl DevCa {
             vec![if client_eku { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.issue(p, validity)
+    }
+}
+
+impl DevCa {
+    /// A CRL (PEM) revoking the given certificates (PEM), valid for a week.
+    pub fn crl(&self, revoked_pems: &[&str]) -> Result<String, String> {
+        use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+        use x509_parser::prelude::*;
+        let now = OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        for pem in revoked_pems {
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| format!("unreadable certificate: {e}"))?;
+            let (_, cert) = X509Certificate::from_der(&der).map_err(|e| format!("unparsable certificate: {e}"))?;
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: now - Duration::from_secs(60),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::from_secs(60),
+            next_update: now + Duration::from_secs(7 * 86_400),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer).map_err(err)?.pem().map_err(err)?)
     }
 }
 

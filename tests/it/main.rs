@@ -8,4 +8,5 @@ mod proxy;
 mod reload;
 mod streaming;
 mod support;
+mod tls_listener;
 mod upstream_tls;
