@@ -554,7 +554,7 @@ fn compile_listener_tls(
         }
     } else if client_auth != ClientAuth::Off {
         e.push_line(
-            None,
+            t.client_auth.as_ref().map(|c| c.line),
             &format!("{key}.client_ca"),
             "`client_auth` needs `client_ca`: the CA bundle that issues client certificates",
         );

@@ -97,7 +97,11 @@ async fn connect(
         Ok((Sender::H2(s), certs))
     } else {
         let (s, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                eprintln!("client h1 connection ended: {e:?}");
+            }
+        });
         Ok((Sender::H1(s), certs))
     }
 }
@@ -119,11 +123,16 @@ impl Sender {
                 let mut req = req;
                 *req.uri_mut() = path.parse().unwrap();
                 req.headers_mut().insert("host", "localhost".parse().unwrap());
+                // A new HTTP/1 connection is not ready until its dispatcher has run once.
+                s.ready().await.map_err(|e| format!("{e:?}"))?;
                 s.send_request(req).await
             }
-            Sender::H2(s) => s.send_request(req).await,
+            Sender::H2(s) => {
+                s.ready().await.map_err(|e| format!("{e:?}"))?;
+                s.send_request(req).await
+            }
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{e:?}"))?;
         let (status, version) = (res.status(), res.version());
         let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((status, version, String::from_utf8_lossy(&body).into_owned()))
@@ -367,7 +376,7 @@ async fn config_errors_name_tls_files() {
     let has = |n: &str| shown.iter().any(|e| e.contains(n));
     assert!(has("gateway.yaml:6: listeners[0].tls.certificates[0].key") && has("does not match"), "{shown:#?}");
     assert!(has("gateway.yaml:7: listeners[0].tls.certificates[1].cert: cannot read"), "{shown:#?}");
-    assert!(has("gateway.yaml:10: listeners[0].tls.client_ca: `client_auth` needs `client_ca`"), "{shown:#?}");
+    assert!(has("gateway.yaml:9: listeners[0].tls.client_ca: `client_auth` needs `client_ca`"), "{shown:#?}");
     // An expired certificate loads, with a loud warning.
     p.write("gateway.yaml", "listeners:\n  - bind: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: certs/old.pem\n          key: certs/old.key\n");
     let c = interlock::config::load(p.path()).unwrap();
