@@ -115,7 +115,7 @@ async fn forward(
     let id = &snap.config.identity;
     let identified = identify(id, &snap.identity, conn.peer_cert.as_ref(), req.headers()).await.map_err(|err| {
         let challenge = match &err {
-            IdentityError::InvalidToken(e) => id.challenge(Some(&e.to_string())),
+            IdentityError::InvalidToken(_) | IdentityError::UntrustedIssuer => id.challenge(Some(&err.to_string())),
             _ => id.challenge(None),
         };
         GatewayError::Identity { err, challenge }

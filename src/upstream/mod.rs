@@ -118,11 +118,13 @@ impl UpstreamError {
                 if let Some(l) = e.downcast_ref::<BodyLimitExceeded>() {
                     return Failure::BodyTooLarge(l.limit);
                 }
-                // tokio-rustls reports handshake failures as io::Error carrying the rustls error.
-                let inner = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
-                if let Some(r) =
-                    inner.and_then(|i| i.downcast_ref::<rustls::Error>()).or_else(|| e.downcast_ref::<rustls::Error>())
-                {
+                // tokio-rustls reports handshake failures as io::Error carrying the rustls error, and
+                // connectors may wrap that io::Error in another; io::Error::source skips the payload.
+                let mut inner: &(dyn std::error::Error + 'static) = e;
+                while let Some(payload) = inner.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                    inner = payload;
+                }
+                if let Some(r) = inner.downcast_ref::<rustls::Error>() {
                     tls = Some(match r {
                         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))
                             if o.0.downcast_ref::<crate::tls::PinMismatch>().is_some() =>

@@ -2,6 +2,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod demo;
+mod jwt;
 mod lifecycle;
 mod limits;
 mod proxy;

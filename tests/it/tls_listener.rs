@@ -142,11 +142,13 @@ impl Sender {
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_and_http1_over_tls_by_alpn() {
     let s = setup("off", "").await;
-    let (mut c, _) = connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"h2", b"http/1.1"])).await.unwrap();
+    let (mut c, _) =
+        connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"h2", b"http/1.1"])).await.unwrap();
     let (status, version, _) = c.get("/public/x", &[]).await.unwrap();
     assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
     assert_eq!(s.up.last().headers["x-forwarded-proto"], "https");
-    let (mut c, _) = connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"http/1.1"])).await.unwrap();
+    let (mut c, _) =
+        connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"http/1.1"])).await.unwrap();
     let (status, version, _) = c.get("/public/y", &[]).await.unwrap();
     assert_eq!((status, version), (StatusCode::OK, Version::HTTP_11));
     // Identity is still required on non-anonymous routes.
@@ -230,7 +232,8 @@ async fn a_replaced_certificate_serves_new_handshakes_and_old_connections_contin
     let want = CertificateDer::from_pem_slice(renewed.cert_pem.as_bytes()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, certs) = connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"http/1.1"])).await.unwrap();
+        let (_, certs) =
+            connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"http/1.1"])).await.unwrap();
         if certs[0] == want {
             break;
         }
@@ -262,7 +265,8 @@ async fn required_client_certificates_identify_callers_and_bad_ones_fail_the_han
     ];
     for (what, cert) in rejected {
         // TLS 1.3 reports a refused client certificate on the first read, so send a request too.
-        let outcome = match connect(s.gw.addr, "localhost", client_config(ca_pem, cert.as_ref(), &[b"http/1.1"])).await {
+        let outcome = match connect(s.gw.addr, "localhost", client_config(ca_pem, cert.as_ref(), &[b"http/1.1"])).await
+        {
             Err(e) => Err(e),
             Ok((mut c, _)) => c.get("/private/x", &[]).await.map(|r| r.0),
         };
@@ -276,7 +280,8 @@ async fn unknown_certificates_are_401_unless_the_route_is_anonymous_and_identiti
     let s = setup("required", "").await;
     let ca_pem = &s.ca.ca.cert_pem;
     let stranger = s.ca.client("stranger", Validity::Days(30), true).unwrap();
-    let (mut c, _) = connect(s.gw.addr, "localhost", client_config(ca_pem, Some(&stranger), &[b"http/1.1"])).await.unwrap();
+    let (mut c, _) =
+        connect(s.gw.addr, "localhost", client_config(ca_pem, Some(&stranger), &[b"http/1.1"])).await.unwrap();
     let (status, _, body) = c.get("/private/x", &[]).await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body.contains("unknown-certificate") && body.contains("spiffe://interlock.dev/stranger"), "{body}");
@@ -296,7 +301,8 @@ async fn unknown_certificates_are_401_unless_the_route_is_anonymous_and_identiti
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_client_auth_lets_certificate_less_callers_use_api_keys() {
     let s = setup("optional", "").await;
-    let (mut c, _) = connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"http/1.1"])).await.unwrap();
+    let (mut c, _) =
+        connect(s.gw.addr, "localhost", client_config(&s.ca.ca.cert_pem, None, &[b"http/1.1"])).await.unwrap();
     assert_eq!(c.get("/private/x", &[("x-api-key", SIEM_KEY)]).await.unwrap().0, StatusCode::OK);
     let (status, _, body) = c.get("/private/x", &[("x-api-key", "ilk_wrong")]).await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -320,12 +326,14 @@ async fn revoked_client_certificates_fail_the_handshake() {
     p.upstream("up", up.addr, "", "");
     p.write("routes/r.yaml", ROUTES);
     let gw = Running::start(p).await;
-    let (mut c, _) = connect(gw.addr, "localhost", client_config(&ca.ca.cert_pem, Some(&good), &[b"http/1.1"])).await.unwrap();
+    let (mut c, _) =
+        connect(gw.addr, "localhost", client_config(&ca.ca.cert_pem, Some(&good), &[b"http/1.1"])).await.unwrap();
     assert_eq!(c.get("/public/x", &[]).await.unwrap().0, StatusCode::OK);
-    let outcome = match connect(gw.addr, "localhost", client_config(&ca.ca.cert_pem, Some(&revoked), &[b"http/1.1"])).await {
-        Err(e) => Err(e),
-        Ok((mut c, _)) => c.get("/public/x", &[]).await.map(|r| r.0),
-    };
+    let outcome =
+        match connect(gw.addr, "localhost", client_config(&ca.ca.cert_pem, Some(&revoked), &[b"http/1.1"])).await {
+            Err(e) => Err(e),
+            Ok((mut c, _)) => c.get("/public/x", &[]).await.map(|r| r.0),
+        };
     assert!(outcome.is_err(), "a revoked certificate was accepted");
     assert_eq!(up.count(), 1);
 }
@@ -345,8 +353,18 @@ async fn curl_with_a_client_certificate() {
     let resolve = format!("localhost:{}:127.0.0.1", s.gw.addr.port());
     let run = move |with_cert: bool| {
         let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2", "--resolve", &resolve, "--cacert"])
-            .arg(dir.join("certs/ca.pem"));
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--http2",
+            "--resolve",
+            &resolve,
+            "--cacert",
+        ])
+        .arg(dir.join("certs/ca.pem"));
         if with_cert {
             cmd.arg("--cert").arg(dir.join("soar.pem")).arg("--key").arg(dir.join("soar.key"));
         }
