@@ -157,7 +157,7 @@ impl DevCa {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        Ok(params.signed_by(&self.issuer).map_err(err)?.pem().map_err(err)?)
+        params.signed_by(&self.issuer).map_err(err)?.pem().map_err(err)
     }
 }
 
