@@ -239,23 +239,54 @@ impl Store {
     }
 }
 
-/// Watches the policies directory (recursively) and reloads after `debounce` of quiet. The task
+/// Watches the policies directory (recursively) and the directories of the files the config reads
+/// from elsewhere (certificates, keys, JWKS files), and reloads after `debounce` of quiet. The task
 /// owns the watcher; aborting the task stops watching.
 pub fn spawn_watcher(store: Arc<Store>, debounce: Duration) -> Result<tokio::task::JoinHandle<()>, String> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let dir = std::fs::canonicalize(store.dir()).unwrap_or_else(|_| store.dir().to_path_buf());
+    let watched: Arc<Mutex<Vec<PathBuf>>> = Arc::new(Mutex::new(vec![dir.clone()]));
+    let w = watched.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
+        let Ok(ev) = ev else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant =
+            w.lock().map(|dirs| ev.paths.iter().any(|p| dirs.iter().any(|d| p.starts_with(d)))).unwrap_or(true);
+        if relevant {
+            let _ = tx.send(());
         }
     })
     .map_err(|e| format!("cannot watch the policies directory: {e}"))?;
     watcher
-        .watch(store.dir(), notify::RecursiveMode::Recursive)
-        .map_err(|e| format!("cannot watch `{}`: {e}", store.dir().display()))?;
+        .watch(&dir, notify::RecursiveMode::Recursive)
+        .map_err(|e| format!("cannot watch `{}`: {e}", dir.display()))?;
+    let mut watching_external: Vec<PathBuf> = Vec::new();
+    let mut sync_external = move |watcher: &mut notify::RecommendedWatcher, store: &Store| {
+        let snap = store.load();
+        for f in &snap.config.external_files {
+            let Some(parent) = f.parent() else { continue };
+            let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+            if parent.starts_with(&dir) || watching_external.contains(&parent) {
+                continue;
+            }
+            match watcher.watch(&parent, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    if let Ok(mut w) = watched.lock() {
+                        w.push(parent.clone());
+                    }
+                    watching_external.push(parent);
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %parent.display(), error = %e, "cannot watch a directory of referenced files; changes there need a reload")
+                }
+            }
+        }
+    };
+    sync_external(&mut watcher, &store);
     Ok(tokio::spawn(async move {
-        let _watcher = watcher; // dropping it stops the notifications
+        let mut watcher = watcher; // dropping it stops the notifications
         while rx.recv().await.is_some() {
             // Debounce: editors write files in several steps.
             loop {
@@ -265,7 +296,9 @@ pub fn spawn_watcher(store: Arc<Store>, debounce: Duration) -> Result<tokio::tas
                     Err(_) => break,
                 }
             }
-            let _ = store.reload(Trigger::FileChange).await;
+            if store.reload(Trigger::FileChange).await.is_ok() {
+                sync_external(&mut watcher, &store);
+            }
         }
     }))
 }

@@ -400,3 +400,40 @@ async fn config_errors_name_tls_files() {
     let c = interlock::config::load(p.path()).unwrap();
     assert!(c.warnings.iter().any(|w| w.to_string().contains("EXPIRED")), "{:?}", c.warnings);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_outside_the_policies_directory_are_watched_too() {
+    let ca = DevCa::new("ext CA").unwrap();
+    let first = ca.server(&["localhost"], Validity::Days(30)).unwrap();
+    let ext = tempfile::tempdir().unwrap();
+    std::fs::write(ext.path().join("server.pem"), &first.cert_pem).unwrap();
+    std::fs::write(ext.path().join("server.key"), &first.key_pem).unwrap();
+    let up = Upstream::start().await;
+    let p = Policies::new("");
+    let (cert, key) = (ext.path().join("server.pem"), ext.path().join("server.key"));
+    p.write(
+        "gateway.yaml",
+        &format!(
+            "listeners:\n  - bind: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: {}\n          key: {}\nadmin:\n  bind: 127.0.0.1:0\nreload:\n  debounce: 50ms\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    p.upstream("up", up.addr, "", "");
+    p.write("routes/r.yaml", ROUTES);
+    let gw = Running::start(p).await;
+    let renewed = ca.server(&["localhost"], Validity::Days(60)).unwrap();
+    std::fs::write(&key, &renewed.key_pem).unwrap();
+    std::fs::write(&cert, &renewed.cert_pem).unwrap();
+    let want = CertificateDer::from_pem_slice(renewed.cert_pem.as_bytes()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, certs) =
+            connect(gw.addr, "localhost", client_config(&ca.ca.cert_pem, None, &[b"http/1.1"])).await.unwrap();
+        if certs[0] == want {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replaced external certificate was never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
