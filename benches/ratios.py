@@ -19,4 +19,5 @@ for t in tests:
     med = lambda k: statistics.median(r[k] for r in rounds if k in r) if any(k in r for r in rounds) else float("nan")
     ratio = lambda k: [r["gateway"] / r[k] for r in rounds if k in r]
     fmt = lambda xs: f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})" if xs else "-"
-    print(f"| {t} | {med('gateway'):.1f} | {med('nginx'):.1f} | {med('haproxy'):.1f} | {med('minproxy'):.1f} | {fmt(ratio('nginx'))} | {fmt(ratio('minproxy'))} |")
+    num = lambda k: "-" if med(k) != med(k) else f"{med(k):.1f}"  # NaN: target not in this run
+    print(f"| {t} | {num('gateway')} | {num('nginx')} | {num('haproxy')} | {num('minproxy')} | {fmt(ratio('nginx'))} | {fmt(ratio('minproxy'))} |")

@@ -437,3 +437,15 @@ async fn certificates_outside_the_policies_directory_are_watched_too() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_the_handshake_is_disconnected() {
+    let s = setup("off", "      handshake_timeout: 300ms\n").await;
+    let mut tcp = tokio::net::TcpStream::connect(s.gw.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 16];
+    use tokio::io::AsyncReadExt as _;
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.expect("kept open").unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+}
