@@ -40,6 +40,9 @@ pub enum StartError {
     /// The policies directory cannot be watched.
     #[error("{0}")]
     Watch(String),
+    /// The audit trail or access log cannot be opened.
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 /// A running gateway: its bound addresses and the handles to stop it.
@@ -74,7 +77,11 @@ impl Gateway {
     pub async fn start_with(dir: &Path, config: config::Config) -> Result<Gateway, StartError> {
         let snapshot = Snapshot::build(config, 1, None).map_err(StartError::Config)?;
         let gw = snapshot.config.gateway.clone();
-        let store = Arc::new(Store::new(dir.to_path_buf(), snapshot));
+        for w in &snapshot.config.warnings {
+            tracing::warn!(warning = %w, "config warning");
+        }
+        let telemetry = crate::telemetry::Telemetry::start(&gw.telemetry).map_err(StartError::Telemetry)?;
+        let store = Arc::new(Store::new(dir.to_path_buf(), snapshot, telemetry));
 
         let mut tcp = Vec::new();
         for l in &gw.listeners {
@@ -131,6 +138,8 @@ impl Gateway {
         for t in self.background {
             t.abort();
         }
+        // Every request has finished or been abandoned: flush the audit trail.
+        self.store.telemetry.audit.close();
         if drained {
             tracing::info!("drained; exiting");
         } else {

@@ -55,6 +55,29 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the live request lines of a running gateway (admin `/tap`).
+    Tap {
+        /// Admin base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this caller.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Only this status (`404`) or class (`5xx`).
+        #[arg(long)]
+        status: Option<String>,
+        /// Admin token (or INTERLOCK_ADMIN_TOKEN).
+        #[arg(long, env = "INTERLOCK_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Start simulated vendor APIs and the gateway in front of them, and print commands to try.
     Demo {
         /// Policies to use; default `policies/demo` if present, else the copy built into the binary.
@@ -73,6 +96,16 @@ enum KeysCommand {
         /// A name for the key in logs and audit (default: `<caller>-<date>`).
         #[arg(long)]
         id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files (all segments of a trail, in any order).
+    Verify {
+        /// Audit files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -155,8 +188,98 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Keys { command: KeysCommand::New { caller, id } } => keys_new(&caller, id),
         Command::Certs { command: CertsCommand::Dev { out, callers, days } } => certs_dev(&out, &callers, days),
+        Command::Audit { command: AuditCommand::Verify { files } } => match crate::telemetry::audit::verify(&files) {
+            Ok(n) => {
+                println!("OK: {n} records, chain intact");
+                ExitCode::SUCCESS
+            }
+            Err(b) => {
+                eprintln!("BROKEN: {b}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Tap { admin, route, caller, status, token } => tap(&admin, route, caller, status, token),
         Command::Demo { config } => crate::demo::main(config),
     }
+}
+
+fn tap(
+    admin: &str,
+    route: Option<String>,
+    caller: Option<String>,
+    status: Option<String>,
+    token: Option<String>,
+) -> ExitCode {
+    use http_body_util::BodyExt as _;
+    let mut q = Vec::new();
+    for (k, v) in [("route", route), ("caller", caller), ("status", status)] {
+        if let Some(v) = v {
+            q.push(format!("{k}={v}"));
+        }
+    }
+    let url = format!("{}/tap?{}", admin.trim_end_matches('/'), q.join("&"));
+    let rt = match runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("interlock: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async move {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let mut req = match http::Request::get(&url).body(http_body_util::Empty::new()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("interlock: bad admin URL `{url}`: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(t) = token.and_then(|t| http::HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+            req.headers_mut().insert(http::header::AUTHORIZATION, t);
+        }
+        let res = match client.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("interlock: cannot reach {url}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if !res.status().is_success() {
+            eprintln!("interlock: {url} answered {}", res.status());
+            return ExitCode::from(2);
+        }
+        let mut body = res.into_body();
+        let mut pending = String::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Some(d) = frame.data_ref() else { continue };
+            pending.push_str(&String::from_utf8_lossy(d));
+            while let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                for line in event.lines() {
+                    if let Some(json) = line.strip_prefix("data: ") {
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
+                            println!(
+                                "{} {} {} {} route={} caller={} {}ms{}",
+                                v["time"].as_str().unwrap_or(""),
+                                v["status"],
+                                v["method"].as_str().unwrap_or(""),
+                                v["path"].as_str().unwrap_or(""),
+                                v["route"].as_str().unwrap_or("-"),
+                                v["caller"].as_str().unwrap_or("-"),
+                                v["duration_ms"],
+                                v["error"].as_str().map(|e| format!(" {e}")).unwrap_or_default(),
+                            );
+                        }
+                    } else if let Some(comment) = line.strip_prefix(": ") {
+                        eprintln!("# {comment}");
+                    }
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn keys_new(caller: &str, id: Option<String>) -> ExitCode {

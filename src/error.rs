@@ -104,6 +104,12 @@ pub enum GatewayError {
         /// `WWW-Authenticate` value.
         challenge: Option<String>,
     },
+    /// The route must be audited and the audit trail cannot be written.
+    #[error("audit trail unavailable for route {route}")]
+    AuditUnavailable {
+        /// The route id.
+        route: String,
+    },
     /// A valid client certificate whose identity is not a known caller.
     #[error("unknown certificate identity {identity}")]
     UnknownCertificate {
@@ -223,6 +229,12 @@ impl GatewayError {
                 "unauthenticated",
                 "Caller not identified",
                 format!("Route `{route}` needs to know who is calling. Present your client certificate, a bearer token from a trusted identity provider, or your Interlock API key."),
+            ),
+            E::AuditUnavailable { route } => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                "Audit trail unavailable",
+                format!("Route `{route}` may only be called while calls are audited, and the audit trail cannot be written right now. Retry later; the platform team is alerted by the audit metrics."),
             ),
             E::UnknownCertificate { identity } => p(
                 StatusCode::UNAUTHORIZED,
@@ -380,7 +392,7 @@ pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<
                 res.headers_mut().insert(ALLOW, v);
             }
         }
-        GatewayError::ShuttingDown => {
+        GatewayError::ShuttingDown | GatewayError::AuditUnavailable { .. } => {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         GatewayError::Unauthenticated { challenge: Some(c), .. }

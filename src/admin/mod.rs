@@ -6,8 +6,16 @@
 //! | `GET /readyz` | 200 once listeners are bound and the config is loaded; 503 while draining |
 //! | `POST /reload` | recompiles `policies/`; 200 with the new generation, or 422 listing every error |
 //! | `GET /config/status` | generation, load time, reload counters and the last reload's outcome |
+//! | `GET /config` | the effective config, every secret redacted |
+//! | `GET /routes`, `GET /upstreams` | the route table; upstream endpoints and TLS settings |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /tap?route=&caller=&status=` | server-sent events, one line per finished request |
 //!
-//! Errors are problem+json like on the data plane. It never serves data-plane routes.
+//! With `admin.token` set, every endpoint but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>`. Errors are problem+json like on the data plane. The admin port
+//! must not be reachable from outside the platform: it can reload config and watch traffic.
+
+pub mod views;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,10 +58,51 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let snap = state.store.load();
+    let Some(token) = &snap.config.gateway.admin_token else { return true };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare digests so the comparison time does not depend on how much of the token matched.
+    let (a, b) = (crate::identity::apikey::digest(presented), crate::identity::apikey::digest(token.expose()));
+    a.iter().zip(b.iter()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn json_value(v: &serde_json::Value) -> Response<ResponseBody> {
+    json(StatusCode::OK, v)
+}
+
 /// Answers one admin request.
 pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<ResponseBody> {
     let path = req.uri().path();
+    if !matches!(path, "/healthz" | "/readyz") && !authorized(state, &req) {
+        let mut res = problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Admin token required",
+            "Send `Authorization: Bearer <admin token>`; the platform team holds it.".to_owned(),
+        );
+        res.headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"interlock-admin\""));
+        return res;
+    }
     match (req.method(), path) {
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(ResponseBody::full(state.store.telemetry.metrics.render()));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/config") => json_value(&views::config(&state.store.load())),
+        (&Method::GET, "/routes") => json_value(&views::routes(&state.store.load())),
+        (&Method::GET, "/upstreams") => json_value(&views::upstreams(&state.store.load())),
+        (&Method::GET, "/tap") => tap(state, req.uri().query()),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             if state.ready.load(Ordering::Acquire) {
@@ -95,7 +144,7 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
         },
         (&Method::GET, "/config/status") => {
             let snap = state.store.load();
-            let (applied, rejected) = crate::telemetry::reload_counts();
+            let (applied, rejected) = state.store.telemetry.reload_counts();
             json(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -109,7 +158,11 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
                 }),
             )
         }
-        (_, "/healthz" | "/readyz" | "/config/status" | "/reload") => problem(
+        (
+            _,
+            "/healthz" | "/readyz" | "/config/status" | "/reload" | "/config" | "/routes" | "/upstreams" | "/metrics"
+            | "/tap",
+        ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "Method not allowed",
@@ -122,6 +175,74 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
             "See docs/operations.md for the admin endpoints.".to_owned(),
         ),
     }
+}
+
+/// A tap filter from the query string: `route=`, `caller=`, `status=` (`404` or a class like `5xx`).
+#[derive(Debug, Default)]
+struct TapFilter {
+    route: Option<String>,
+    caller: Option<String>,
+    status: Option<String>,
+}
+
+impl TapFilter {
+    fn parse(q: Option<&str>) -> TapFilter {
+        let mut f = TapFilter::default();
+        for kv in q.unwrap_or("").split('&') {
+            let Some((k, v)) = kv.split_once('=') else { continue };
+            let v = v.to_owned();
+            match k {
+                "route" => f.route = Some(v),
+                "caller" => f.caller = Some(v),
+                "status" => f.status = Some(v),
+                _ => {}
+            }
+        }
+        f
+    }
+
+    fn keeps(&self, l: &crate::telemetry::TapLine) -> bool {
+        let status_ok = match self.status.as_deref() {
+            None => true,
+            Some(s) if s.ends_with("xx") => crate::telemetry::metrics::status_class(l.status) == s,
+            Some(s) => s == l.status.to_string(),
+        };
+        status_ok
+            && self.route.as_ref().is_none_or(|r| l.route.as_deref() == Some(r.as_str()))
+            && self.caller.as_ref().is_none_or(|c| l.caller.as_deref() == Some(c.as_str()))
+    }
+}
+
+/// `GET /tap`: server-sent events. Memory stays bounded for a slow reader: the broadcast ring keeps
+/// the last 1024 lines and the per-reader queue 16; what a reader misses is announced and counted.
+fn tap(state: &AdminState, query: Option<&str>) -> Response<ResponseBody> {
+    let filter = TapFilter::parse(query);
+    let tel = state.store.telemetry.clone();
+    let mut lines = tel.subscribe_tap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        if tx.send(Bytes::from_static(b": interlock tap\n\n")).await.is_err() {
+            return;
+        }
+        loop {
+            let event = match lines.recv().await {
+                Ok(l) if filter.keeps(&l) => format!("data: {}\n\n", serde_json::to_string(&*l).unwrap_or_default()),
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tel.metrics.tap_lagged(n);
+                    format!(": {n} lines missed (reader too slow)\n\n")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(Bytes::from(event)).await.is_err() {
+                return; // the reader went away
+            }
+        }
+    });
+    let mut r = Response::new(ResponseBody::Channel(rx));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 /// Serves the admin API on `tcp` until `stop` turns true (after the data plane has drained, so

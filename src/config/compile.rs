@@ -418,7 +418,18 @@ fn compile_gateway(dir: &Path, file: &Path, raw: RawGateway, side: &mut Side, ou
         "reload.debounce",
         Duration::from_millis(250),
     );
+    let telemetry = compile_telemetry(dir, raw.telemetry.as_ref(), side, &mut e);
+    let admin_token = raw.admin.as_ref().and_then(|a| a.token.as_ref()).and_then(|t| {
+        let r = SecretRef::parse(&t.value);
+        if matches!(r, SecretRef::Inline(_)) {
+            e.push(t, "admin.token", "inline secret: write `env:NAME` or `file:path`");
+            return None;
+        }
+        r.resolve(dir).map_err(|m| e.push(t, "admin.token", m)).ok()
+    });
     Gateway {
+        telemetry,
+        admin_token,
         listeners,
         admin_bind,
         server_names,
@@ -432,6 +443,87 @@ fn compile_gateway(dir: &Path, file: &Path, raw: RawGateway, side: &mut Side, ou
         watch,
         watch_debounce,
     }
+}
+
+fn compile_telemetry(
+    dir: &Path,
+    raw: Option<&super::raw::RawTelemetry>,
+    side: &mut Side,
+    e: &mut Errs<'_>,
+) -> crate::telemetry::TelemetrySettings {
+    use crate::telemetry::audit::{AuditSettings, Fsync};
+    use crate::telemetry::{AccessLogSettings, LogTarget, TelemetrySettings};
+    let mut t = TelemetrySettings::default();
+    let Some(raw) = raw else { return t };
+    if let Some(a) = &raw.access_log {
+        if a.enabled.unwrap_or(false) {
+            let target = match a.output.as_ref().map(|o| o.value.as_str()) {
+                None | Some("stdout") => LogTarget::Stdout,
+                Some("stderr") => LogTarget::Stderr,
+                Some(path) => LogTarget::File(side.file(dir, path)),
+            };
+            const FIELDS: [&str; 19] = [
+                "time",
+                "request_id",
+                "trace_id",
+                "method",
+                "path",
+                "caller",
+                "auth",
+                "route",
+                "upstream",
+                "credential",
+                "decision",
+                "rule",
+                "status",
+                "error",
+                "bytes_in",
+                "bytes_out",
+                "duration_ms",
+                "retries",
+                "cache",
+            ];
+            let mut fields = Vec::new();
+            for (i, f) in a.fields.iter().flatten().enumerate() {
+                if FIELDS.contains(&f.value.as_str()) {
+                    fields.push(f.value.clone());
+                } else {
+                    e.push(
+                        f,
+                        &format!("telemetry.access_log.fields[{i}]"),
+                        format!("unknown field `{}`; known: {}", f.value, FIELDS.join(", ")),
+                    );
+                }
+            }
+            t.access_log = Some(AccessLogSettings { target, fields });
+        }
+    }
+    if let Some(a) = &raw.audit {
+        let mut s = AuditSettings { stdout: a.stdout.unwrap_or(false), ..Default::default() };
+        s.file = a.file.as_ref().map(|f| dir.join(&f.value));
+        s.fsync = match a.fsync.as_ref().map(|f| (f, f.value.as_str())) {
+            None => Fsync::Interval(Duration::from_secs(1)),
+            Some((_, "always")) => Fsync::Always,
+            Some((_, "never")) => Fsync::Never,
+            Some((f, other)) => match parse_duration(other) {
+                Ok(d) if !d.is_zero() => Fsync::Interval(d),
+                _ => {
+                    e.push(
+                        f,
+                        "telemetry.audit.fsync",
+                        format!("`{other}`: use `always`, `never` or an interval such as `1s`"),
+                    );
+                    Fsync::Interval(Duration::from_secs(1))
+                }
+            },
+        };
+        s.rotate_size = e.size(&a.rotate_size, "telemetry.audit.rotate_size", 0);
+        if s.rotate_size > 0 && s.rotate_size < 4096 {
+            e.push_line(None, "telemetry.audit.rotate_size", "at least 4KiB");
+        }
+        t.audit = s;
+    }
+    t
 }
 
 fn compile_listener_tls(
@@ -966,6 +1058,7 @@ fn compile_upstream(
     }
     let (tls, tls_inputs) = tls_built?;
     Some(Upstream {
+        id_shared: id.as_str().into(),
         id,
         origin: Origin { file: file.to_path_buf(), line: raw.id.line },
         endpoints,
@@ -1083,6 +1176,7 @@ fn compile_route(
         e.duration(&raw.timeout, &format!("{key}.timeout"), upstream_timeout.unwrap_or(limits.request_timeout));
     let max_body = e.size(&raw.max_body, &format!("{key}.max_body"), limits.max_body);
     Some(Route {
+        id_shared: id.as_str().into(),
         id,
         origin: Origin { file: file.to_path_buf(), line: raw.id.line },
         template: template?,
@@ -1092,6 +1186,14 @@ fn compile_route(
         rewrite,
         upgrade: raw.upgrade,
         anonymous: raw.anonymous,
+        audit_required: match raw.audit.as_ref().map(|a| (a, a.value.as_str())) {
+            None | Some((_, "best_effort")) => false,
+            Some((_, "required")) => true,
+            Some((a, other)) => {
+                e.push(a, &format!("{key}.audit"), format!("`{other}`: use `required` or `best_effort`"));
+                false
+            }
+        },
         timeout,
         max_body,
     })

@@ -136,6 +136,10 @@ pub struct Gateway {
     pub watch: bool,
     /// Quiet period before a watched change is applied.
     pub watch_debounce: Duration,
+    /// Access log and audit settings (start-up only).
+    pub telemetry: crate::telemetry::TelemetrySettings,
+    /// Bearer token for the admin API.
+    pub admin_token: Option<crate::credentials::Secret>,
 }
 
 /// One data-plane listener.
@@ -264,6 +268,8 @@ impl IpNet {
 pub struct Upstream {
     /// Id.
     pub id: String,
+    /// The id, shared cheaply with per-request records.
+    pub id_shared: std::sync::Arc<str>,
     /// Where it was defined.
     pub origin: Origin,
     /// Base URLs.
@@ -355,6 +361,8 @@ pub enum UpstreamProtocol {
 pub struct Route {
     /// Id.
     pub id: String,
+    /// The id, shared cheaply with per-request records.
+    pub id_shared: std::sync::Arc<str>,
     /// Where it was defined.
     pub origin: Origin,
     /// Path template.
@@ -371,6 +379,8 @@ pub struct Route {
     pub upgrade: bool,
     /// Callers without an identity are served.
     pub anonymous: bool,
+    /// Refuse calls while the audit trail cannot be written.
+    pub audit_required: bool,
     /// Time to response head (route, else upstream, else gateway).
     pub timeout: Duration,
     /// Body limit.

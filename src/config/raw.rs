@@ -72,6 +72,44 @@ pub struct RawGateway {
     pub runtime: Option<RawRuntime>,
     /// Hot reload behaviour.
     pub reload: Option<RawReload>,
+    /// Access log and audit trail (read at start-up).
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// Access log and audit trail.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// One JSON line per request.
+    pub access_log: Option<RawAccessLog>,
+    /// The hash-chained audit trail.
+    pub audit: Option<RawAudit>,
+}
+
+/// Access log.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// Default false.
+    pub enabled: Option<bool>,
+    /// `stdout` (default), `stderr`, or a file path.
+    pub output: Option<Sp<String>>,
+    /// Fields to include (default: all), e.g. `[time, request_id, caller, route, status, duration_ms]`.
+    pub fields: Option<Vec<Sp<String>>>,
+}
+
+/// Audit trail.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawAudit {
+    /// File to append records to (rotated segments sit beside it).
+    pub file: Option<Sp<String>>,
+    /// Also write records to stdout. Default false.
+    pub stdout: Option<bool>,
+    /// `always`, `never`, or an interval such as `1s` (default).
+    pub fsync: Option<Sp<String>>,
+    /// Start a new, linked segment when the file passes this size. Default: never.
+    pub rotate_size: Option<Sp<SizeText>>,
 }
 
 /// One data-plane listener.
@@ -210,6 +248,9 @@ pub struct RawApiKey {
 pub struct RawAdmin {
     /// Socket address; default `127.0.0.1:9901`.
     pub bind: Option<Sp<String>>,
+    /// Bearer token required on every admin endpoint except `/healthz` and `/readyz`:
+    /// `env:NAME` or `file:path`.
+    pub token: Option<Sp<String>>,
 }
 
 /// Limits on what a client may send.
@@ -377,6 +418,8 @@ pub struct RawRoute {
     /// Serve callers that present no identity. Default false: such requests get 401.
     #[serde(default)]
     pub anonymous: bool,
+    /// `required`: refuse calls (503) while the audit trail cannot be written. Default `best_effort`.
+    pub audit: Option<Sp<String>>,
     /// Time to the upstream's response head; overrides the upstream and gateway.
     pub timeout: Option<Sp<DurationText>>,
     /// Request body limit for this route.

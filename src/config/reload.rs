@@ -142,6 +142,8 @@ pub struct ReloadOutcome {
 /// Holds the current snapshot and serialises reloads.
 #[derive(Debug)]
 pub struct Store {
+    /// Process-wide telemetry (outlives reloads).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     dir: PathBuf,
     current: ArcSwap<Snapshot>,
     last: Mutex<Option<ReloadOutcome>>,
@@ -154,8 +156,10 @@ fn unix_now() -> u64 {
 
 impl Store {
     /// A store serving `first`, reloading from `dir`.
-    pub fn new(dir: PathBuf, first: Snapshot) -> Store {
+    pub fn new(dir: PathBuf, first: Snapshot, telemetry: Arc<crate::telemetry::Telemetry>) -> Store {
+        telemetry.metrics.generation.set(first.generation as i64);
         Store {
+            telemetry,
             dir,
             current: ArcSwap::from_pointee(first),
             last: Mutex::new(None),
@@ -211,7 +215,7 @@ impl Store {
                     errors: Vec::new(),
                     diff: Some(diff),
                 });
-                crate::telemetry::reload_counted(true);
+                self.telemetry.reload_counted(true, generation);
                 Ok(generation)
             }
             Err(errors) => {
@@ -226,7 +230,7 @@ impl Store {
                     "config reload rejected; still serving the previous config"
                 );
                 self.record(ReloadOutcome { trigger, at_unix: unix_now(), ok: false, errors: shown, diff: None });
-                crate::telemetry::reload_counted(false);
+                self.telemetry.reload_counted(false, 0);
                 Err(errors)
             }
         }

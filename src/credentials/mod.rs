@@ -96,6 +96,8 @@ impl SecretRef {
 pub struct HeaderCredential {
     /// Id shown in logs, traces and audit.
     pub id: String,
+    /// The id, shared cheaply with per-request records.
+    pub id_shared: Arc<str>,
     /// Header name.
     pub name: HeaderName,
     /// Full header value (prefix + secret), marked sensitive.
@@ -118,7 +120,7 @@ impl HeaderCredential {
         let mut v = HeaderValue::try_from(format!("{prefix}{}", secret.expose()))
             .map_err(|_| "the secret contains bytes that are not allowed in an HTTP header".to_owned())?;
         v.set_sensitive(true);
-        Ok(HeaderCredential { id, name, value: v })
+        Ok(HeaderCredential { id_shared: id.as_str().into(), id, name, value: v })
     }
 }
 

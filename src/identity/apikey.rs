@@ -76,6 +76,14 @@ impl KeyTable {
         self.by_digest.insert(digest, (caller, key_id)).is_none()
     }
 
+    /// Key ids of caller number `caller` (never the hashes), sorted.
+    pub fn ids_for(&self, caller: usize) -> Vec<&str> {
+        let mut v: Vec<&str> =
+            self.by_digest.values().filter(|(c, _)| *c == caller).map(|(_, id)| id.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Number of stored keys.
     pub fn len(&self) -> usize {
         self.by_digest.len()

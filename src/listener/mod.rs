@@ -137,7 +137,14 @@ pub async fn serve(tcp: TcpListener, cfg: Listener, store: Arc<Store>, mut drain
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let conn = ConnInfo { peer, local, scheme: "http", framing: None, peer_cert: None };
+                    let conn = ConnInfo {
+                        peer,
+                        local,
+                        scheme: "http",
+                        framing: None,
+                        peer_cert: None,
+                        telemetry: store.telemetry.clone(),
+                    };
                     serve_connection(stream, conn, &cfg, &limits, store, drain).await;
                 }
                 Some(tls) => {
@@ -160,7 +167,14 @@ pub async fn serve(tcp: TcpListener, cfg: Listener, store: Arc<Store>, mut drain
                         .and_then(|c| c.first())
                         .and_then(PeerCert::from_der)
                         .map(Arc::new);
-                    let conn = ConnInfo { peer, local, scheme: "https", framing: None, peer_cert };
+                    let conn = ConnInfo {
+                        peer,
+                        local,
+                        scheme: "https",
+                        framing: None,
+                        peer_cert,
+                        telemetry: store.telemetry.clone(),
+                    };
                     serve_connection(stream, conn, &cfg, &limits, store, drain).await;
                 }
             }

@@ -5,6 +5,8 @@
 //! or a small gateway-made body (problem+json, admin answers).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,16 +30,21 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     seen: u64,
     limit: u64,
+    counter: Arc<AtomicU64>,
 }
 
 impl RequestBody {
     /// Wraps `inner`, failing once more than `limit` bytes have passed.
     pub fn new(inner: Incoming, limit: u64) -> RequestBody {
-        RequestBody { inner: Some(inner), seen: 0, limit }
+        RequestBody { inner: Some(inner), seen: 0, limit, counter: Arc::default() }
     }
     /// An empty body (for upgrade requests, whose bytes flow after the 101).
     pub fn empty() -> RequestBody {
-        RequestBody { inner: None, seen: 0, limit: 0 }
+        RequestBody { inner: None, seen: 0, limit: 0, counter: Arc::default() }
+    }
+    /// A shared count of the bytes that have passed, for the request's record.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.counter.clone()
     }
 }
 
@@ -52,6 +59,7 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
+                    this.counter.store(this.seen, Ordering::Relaxed);
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded { limit: this.limit }))));
                     }
@@ -80,6 +88,8 @@ pub enum ResponseBody {
     Upstream(Incoming),
     /// Made by the gateway (`None` once sent).
     Full(Option<Bytes>),
+    /// Produced over time by the gateway (the admin tap's event stream).
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl ResponseBody {
@@ -101,6 +111,7 @@ impl Body for ResponseBody {
         match &mut *self {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
             ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -108,6 +119,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ResponseBody::Channel(_) => false,
         }
     }
 
@@ -115,6 +127,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Channel(_) => SizeHint::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ use crate::identity::mtls::PeerCert;
 use crate::identity::{identify, Identified, IdentityError};
 use crate::listener::sniff::{Framing, FramingLog};
 use crate::snapshot::Snapshot;
+use crate::telemetry::record::{ObservedBody, RequestRecord};
+use crate::telemetry::Telemetry;
 use crate::upstream::{Failure, UpstreamError};
 use body::{RequestBody, ResponseBody};
 use router::Lookup;
@@ -45,38 +47,48 @@ pub struct ConnInfo {
     pub framing: Option<Arc<FramingLog>>,
     /// The verified client certificate's identity (TLS listeners with client auth).
     pub peer_cert: Option<Arc<PeerCert>>,
+    /// Where the request's record goes.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Serves one request on `snap` (loaded by the caller for this request only).
-pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ObservedBody> {
     let gw = &snap.config.gateway;
     // The id is settled first so that every answer, including errors, carries it.
     let request_id = match req.headers().get(&gw.request_id_header) {
         Some(v) if gw.trust_incoming_request_id && headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
+    // The caller's trace continues here; without one, a new trace starts.
+    let trace_id = match trace_id_of(req.headers().get(TRACEPARENT)) {
+        Some(t) => t.to_owned(),
+        None => new_trace_id(),
+    };
+    // The record exists from now on: dropped with this future if the client goes away (499),
+    // otherwise finished when the response body has been sent.
+    let id = request_id.to_str().unwrap_or("").to_owned();
+    let mut record = RequestRecord::start(conn.telemetry.clone(), req.method(), req.uri().path(), id, trace_id);
     let method = req.method().clone();
-    // Kept for error answers: a caller's trace id lets it find the failed call in its own traces.
-    let traceparent = req.headers().get(TRACEPARENT).cloned();
-    let mut res = match forward(&snap, conn, req, &request_id).await {
+    let mut res = match forward(&snap, conn, req, &request_id, &mut record).await {
         Ok(res) => res,
         Err(err) => {
-            let id = request_id.to_str().unwrap_or("");
-            let status = err.problem().status;
-            if status.is_server_error() {
-                tracing::warn!(request_id = id, %method, status = status.as_u16(), error = %err, "request failed");
+            let problem = err.problem();
+            if problem.status.is_server_error() {
+                tracing::warn!(request_id = %record.request_id, %method, status = problem.status.as_u16(), error = %err, "request failed");
             } else {
-                tracing::debug!(request_id = id, %method, status = status.as_u16(), error = %err, "request refused");
+                tracing::debug!(request_id = %record.request_id, %method, status = problem.status.as_u16(), error = %err, "request refused");
             }
-            let trace_id = match trace_id_of(traceparent.as_ref()) {
-                Some(t) => t.to_owned(),
-                None => new_trace_id(),
-            };
-            rescue(&err, id, &trace_id).map(ResponseBody::full)
+            record.facts.error = Some(problem.slug);
+            if record.facts.decision.is_none() {
+                record.facts.decision = Some("deny");
+                record.facts.rule = Some(problem.slug.to_owned());
+            }
+            rescue(&err, &record.request_id, &record.trace_id).map(ResponseBody::full)
         }
     };
     res.headers_mut().insert(gw.request_id_header.clone(), request_id);
-    res
+    record.status = res.status().as_u16();
+    res.map(|b| ObservedBody::new(b, record))
 }
 
 /// Checks, routes and forwards one request. Every refusal happens before the upstream is contacted.
@@ -85,6 +97,7 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
+    record: &mut RequestRecord,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let gw = &snap.config.gateway;
     // 1. Framing the sniffer saw on the wire (HTTP/1 only; HTTP/2 frames are unambiguous).
@@ -111,6 +124,7 @@ async fn forward(
     let host = request_host(&req, conn, &gw.server_names)?;
     // 5. One normalised path for routing and forwarding.
     let path = normalize::normalize(req.uri().path())?;
+    record.set_path(&path);
     // 6. Who is calling (says who, never may). Invalid credentials are refused on every route.
     let id = &snap.config.identity;
     let identified = identify(id, &snap.identity, conn.peer_cert.as_ref(), req.headers()).await.map_err(|err| {
@@ -131,6 +145,14 @@ async fn forward(
         }
     };
     let route = &snap.config.routes[m.route];
+    let upstream = &snap.config.upstreams[route.upstream];
+    record.facts.route = Some(route.id_shared.clone());
+    record.facts.upstream = Some(upstream.id_shared.clone());
+    if let Identified::Caller(c) = &identified {
+        record.facts.caller = Some(c.id.clone());
+        record.facts.caller_known = id.callers.iter().any(|d| *d.id == *c.id);
+        record.facts.auth = Some(c.via.name());
+    }
     // 8. Routes serve anonymous callers only when they say so.
     let caller = match identified {
         Identified::Caller(c) => Some(c),
@@ -140,7 +162,11 @@ async fn forward(
             return Err(GatewayError::Unauthenticated { route: route.id.clone(), challenge: id.challenge(None) })
         }
     };
-    // 9. Upgrades only where the route allows them.
+    // 9. Routes that must be audited refuse calls while the audit trail cannot be written.
+    if route.audit_required && !conn.telemetry.audit.healthy() {
+        return Err(GatewayError::AuditUnavailable { route: route.id.clone() });
+    }
+    // 9b. Upgrades only where the route allows them.
     let upgrading = req.headers().contains_key(header::UPGRADE);
     if upgrading && !route.upgrade {
         return Err(GatewayError::UpgradeNotAllowed { route: route.id.clone() });
@@ -153,7 +179,6 @@ async fn forward(
     }
     // 11. Target URI: endpoint + base path + (rewritten) path + the original query.
     let client = &snap.clients[route.upstream];
-    let upstream = &snap.config.upstreams[route.upstream];
     let ep = client.pick();
     let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 32);
     pq.push_str(&ep.base_path);
@@ -185,13 +210,17 @@ async fn forward(
     h.insert(gw.request_id_header.clone(), request_id.clone());
     if let Some(c) = &upstream.credential {
         h.insert(c.name.clone(), c.value.clone());
+        record.facts.credential = Some(c.id_shared.clone());
     }
     parts.uri = uri;
     parts.version = Version::HTTP_11; // the pool picks the wire version
     if let Some(c) = caller {
         parts.extensions.insert(c); // typed request fact for later stages (policy, audit)
     }
-    let out = Request::from_parts(parts, RequestBody::new(incoming, route.max_body));
+    record.facts.decision = Some("allow");
+    let body = RequestBody::new(incoming, route.max_body);
+    record.facts.bytes_in = Some(body.counter());
+    let out = Request::from_parts(parts, body);
     // 13. Send, bounded by the route's deadline to the response head.
     let res = match tokio::time::timeout(route.timeout, client.send(out)).await {
         Err(_) => return Err(GatewayError::RequestTimeout(route.timeout)),

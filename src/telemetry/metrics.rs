@@ -1,0 +1,188 @@
+//! The gateway's Prometheus metrics, served on admin `/metrics`.
+//!
+//! Labels are bounded: route ids, upstream ids and caller ids come from config (a JWT caller not in
+//! `callers.yaml` is counted as `other`), status is a class (`2xx`), never raw paths or request ids.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::audit::AuditStats;
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route id, or `none`.
+    pub route: String,
+    /// Caller id, `anonymous`, or `other`.
+    pub caller: String,
+    /// Upstream id, or `none`.
+    pub upstream: String,
+    /// `2xx`, `4xx`...
+    pub status: String,
+}
+
+/// Labels of a request duration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route id, or `none`.
+    pub route: String,
+    /// Status class.
+    pub status: String,
+}
+
+/// Labels of an upstream attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Upstream id.
+    pub upstream: String,
+    /// `ok` (any status) or the failure kind.
+    pub outcome: String,
+}
+
+/// Labels of a problem answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabels {
+    /// The problem type slug.
+    pub r#type: String,
+}
+
+/// Labels of a reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+/// Labels of a JWKS fetch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    /// Issuer id.
+    pub issuer: String,
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+/// All metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Finished requests.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request duration (arrival to end of response).
+    pub request_duration: Family<RouteLabels, Histogram>,
+    /// Upstream attempt duration (to response head).
+    pub upstream_duration: Family<UpstreamLabels, Histogram>,
+    /// Requests being served.
+    pub in_flight: Gauge,
+    /// Gateway-made error answers by type.
+    pub problems: Family<ProblemLabels, Counter>,
+    /// Config reloads.
+    pub reloads: Family<ResultLabels, Counter>,
+    /// Current config generation.
+    pub generation: Gauge,
+    /// JWKS fetches.
+    pub jwks_fetches: Family<IssuerLabels, Counter>,
+    /// Request bytes received.
+    pub bytes_in: Counter,
+    /// Response bytes sent.
+    pub bytes_out: Counter,
+    audit: Arc<AuditStats>,
+    tap_lagged: Counter,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new(audit: Arc<AuditStats>) -> Metrics {
+        let mut registry = Registry::with_prefix("interlock");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests served, by route, caller, upstream and status class", requests.clone());
+        let request_duration =
+            Family::<RouteLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request arrival to the end of the response",
+            request_duration.clone(),
+        );
+        let upstream_duration =
+            Family::<UpstreamLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_attempt_duration_seconds",
+            "Time from sending an upstream attempt to its response head",
+            upstream_duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("requests_in_flight", "Requests being served", in_flight.clone());
+        let problems = Family::<ProblemLabels, Counter>::default();
+        registry.register("problems", "Gateway-made error answers, by problem type", problems.clone());
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("config_reloads", "Config reload attempts, by result", reloads.clone());
+        let generation = Gauge::default();
+        registry.register("config_generation", "Generation of the config being served", generation.clone());
+        let jwks_fetches = Family::<IssuerLabels, Counter>::default();
+        registry.register("jwks_fetches", "JWKS fetches by issuer and result", jwks_fetches.clone());
+        let bytes_in = Counter::default();
+        registry.register("request_bytes", "Request body bytes received", bytes_in.clone());
+        let bytes_out = Counter::default();
+        registry.register("response_bytes", "Response body bytes sent", bytes_out.clone());
+        let tap_lagged = Counter::default();
+        registry.register("tap_dropped_lines", "Tap lines a slow reader missed", tap_lagged.clone());
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            in_flight,
+            problems,
+            reloads,
+            generation,
+            jwks_fetches,
+            bytes_in,
+            bytes_out,
+            audit,
+            tap_lagged,
+        }
+    }
+
+    /// Counts tap lines a reader missed.
+    pub fn tap_lagged(&self, n: u64) {
+        self.tap_lagged.inc_by(n);
+    }
+
+    /// The text exposition (Prometheus/OpenMetrics text format).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        // The audit counters live in the audit writer; exposed here as plain counters.
+        let w = self.audit.written.load(Ordering::Relaxed);
+        let d = self.audit.dropped.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "# HELP interlock_audit_records Audit records written.\n# TYPE interlock_audit_records counter\ninterlock_audit_records_total {w}\n\
+             # HELP interlock_audit_records_dropped Audit records that could not be written (should stay 0).\n# TYPE interlock_audit_records_dropped counter\ninterlock_audit_records_dropped_total {d}\n"
+        ));
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
+        out
+    }
+}
+
+/// `2xx`, `3xx`, `4xx` or `5xx`.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,265 @@
+//! The record of one request: facts gathered along the request path, turned into an audit record,
+//! metrics, an access-log line and a tap line exactly once — when the response body has been sent,
+//! or when the request is abandoned (client gone, status 499).
+//!
+//! [`ObservedBody`] carries the record with the response body, counts the bytes sent and finishes
+//! the record when hyper drops the body; if the request future itself is dropped, the record's own
+//! `Drop` finishes it. Either way there is exactly one record per request (invariant 5).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+
+use super::audit::AuditRecord;
+use super::metrics::{status_class, ProblemLabels, RequestLabels, RouteLabels};
+use super::{TapLine, Telemetry};
+use crate::proxy::body::{BoxError, ResponseBody};
+
+/// Facts the request path learns (all safe to log).
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// Route id.
+    pub route: Option<Arc<str>>,
+    /// Upstream id.
+    pub upstream: Option<Arc<str>>,
+    /// Injected credential id.
+    pub credential: Option<Arc<str>>,
+    /// Caller id.
+    pub caller: Option<Arc<str>>,
+    /// Whether the caller is listed in `callers.yaml` (else metrics say `other`).
+    pub caller_known: bool,
+    /// Authentication method.
+    pub auth: Option<&'static str>,
+    /// `allow` / `deny`.
+    pub decision: Option<&'static str>,
+    /// Deciding rule or refusal type.
+    pub rule: Option<String>,
+    /// Problem type of a gateway-made error.
+    pub error: Option<&'static str>,
+    /// Upstream attempts beyond the first.
+    pub retries: u32,
+    /// Cache status.
+    pub cache: Option<&'static str>,
+    /// Request body bytes, counted by the request body as it streams.
+    pub bytes_in: Option<Arc<AtomicU64>>,
+}
+
+/// One request's record, finished exactly once.
+#[derive(Debug)]
+pub struct RequestRecord {
+    tel: Arc<Telemetry>,
+    started: Instant,
+    time: SystemTime,
+    /// Request id.
+    pub request_id: String,
+    /// Trace id (32 hex).
+    pub trace_id: String,
+    method: String,
+    path: String,
+    /// What the request path learned.
+    pub facts: Facts,
+    /// Response status; 0 until a response exists.
+    pub status: u16,
+    bytes_out: u64,
+    finished: bool,
+}
+
+impl RequestRecord {
+    /// Starts the record of a request that just arrived.
+    pub fn start(
+        tel: Arc<Telemetry>,
+        method: &http::Method,
+        path: &str,
+        request_id: String,
+        trace_id: String,
+    ) -> RequestRecord {
+        tel.metrics.in_flight.inc();
+        RequestRecord {
+            tel,
+            started: Instant::now(),
+            time: SystemTime::now(),
+            request_id,
+            trace_id,
+            method: method.as_str().to_owned(),
+            path: path.chars().take(2048).collect(),
+            facts: Facts::default(),
+            status: 0,
+            bytes_out: 0,
+            finished: false,
+        }
+    }
+
+    /// Replaces the raw path by the normalised one once known.
+    pub fn set_path(&mut self, p: &str) {
+        self.path.clear();
+        self.path.extend(p.chars().take(2048));
+    }
+
+    fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if self.status == 0 {
+            self.status = 499; // the client went away before an answer
+        }
+        let f = &self.facts;
+        let elapsed = self.started.elapsed();
+        let bytes_in = f.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        let class = status_class(self.status);
+        let m = &self.tel.metrics;
+        m.in_flight.dec();
+        let route = f.route.as_deref().unwrap_or("none");
+        let caller = match (&f.caller, f.caller_known) {
+            (None, _) => "anonymous",
+            (Some(c), true) => c,
+            (Some(_), false) => "other",
+        };
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                caller: caller.to_owned(),
+                upstream: f.upstream.as_deref().unwrap_or("none").to_owned(),
+                status: class.to_owned(),
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&RouteLabels { route: route.to_owned(), status: class.to_owned() })
+            .observe(elapsed.as_secs_f64());
+        if let Some(e) = f.error {
+            m.problems.get_or_create(&ProblemLabels { r#type: e.to_owned() }).inc();
+        }
+        m.bytes_in.inc_by(bytes_in);
+        m.bytes_out.inc_by(self.bytes_out);
+        let duration_ms = elapsed.as_millis() as u64;
+        let time = rfc3339(self.time);
+        if self.tel.tap_wanted() {
+            self.tel.tap(TapLine {
+                time: time.clone(),
+                request_id: self.request_id.clone(),
+                method: self.method.clone(),
+                path: self.path.clone(),
+                route: f.route.as_deref().map(str::to_owned),
+                caller: f.caller.as_deref().map(str::to_owned),
+                status: self.status,
+                duration_ms,
+                error: f.error,
+            });
+        }
+        let record = AuditRecord {
+            time,
+            request_id: self.request_id.clone(),
+            trace_id: self.trace_id.clone(),
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            caller: f.caller.as_deref().map(str::to_owned),
+            auth: f.auth.map(str::to_owned),
+            route: f.route.as_deref().map(str::to_owned),
+            upstream: f.upstream.as_deref().map(str::to_owned),
+            credential: f.credential.as_deref().map(str::to_owned),
+            decision: f.decision.map(str::to_owned),
+            rule: f.rule.clone(),
+            status: self.status,
+            error: f.error.map(str::to_owned),
+            bytes_in,
+            bytes_out: self.bytes_out,
+            duration_ms,
+            retries: f.retries,
+            cache: f.cache.map(str::to_owned),
+            ..Default::default()
+        };
+        if let Some(a) = &self.tel.access_log {
+            a.write(&record);
+        }
+        self.tel.audit.record(record);
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// `2026-12-03T17:40:20.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// The response body with the request's record riding along.
+#[derive(Debug)]
+pub struct ObservedBody {
+    inner: ResponseBody,
+    record: Option<Box<RequestRecord>>,
+}
+
+impl ObservedBody {
+    /// Attaches `record`; it is finished when this body is dropped (sent or abandoned).
+    pub fn new(inner: ResponseBody, record: RequestRecord) -> ObservedBody {
+        ObservedBody { inner, record: Some(Box::new(record)) }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &res {
+            if let (Some(d), Some(r)) = (f.data_ref(), this.record.as_mut()) {
+                r.bytes_out += d.len() as u64;
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_315_542_123);
+        assert_eq!(rfc3339(t), "2026-12-03T16:32:22.123Z");
+        let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
