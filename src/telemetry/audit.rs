@@ -475,40 +475,40 @@ mod tests {
     fn a_trail_verifies_and_every_tampering_is_located() {
         let d = tempfile::tempdir().unwrap();
         let f = trail(d.path(), 10, 0);
-        assert_eq!(verify(&[f.clone()]), Ok(10));
+        assert_eq!(verify(std::slice::from_ref(&f)), Ok(10));
         let orig = lines(&f);
 
         let mut edited = orig.clone();
         edited[3] = edited[3].replace("\"status\":200", "\"status\":201");
         write_lines(&f, &edited);
-        let b = verify(&[f.clone()]).unwrap_err();
+        let b = verify(std::slice::from_ref(&f)).unwrap_err();
         assert_eq!(b.line, 4, "{b}");
         assert!(b.reason.contains("modified"), "{b}");
 
         let mut deleted = orig.clone();
         deleted.remove(5);
         write_lines(&f, &deleted);
-        let b = verify(&[f.clone()]).unwrap_err();
+        let b = verify(std::slice::from_ref(&f)).unwrap_err();
         assert_eq!(b.line, 6, "{b}");
         assert!(b.reason.contains("missing"), "{b}");
 
         let mut swapped = orig.clone();
         swapped.swap(2, 3);
         write_lines(&f, &swapped);
-        let b = verify(&[f.clone()]).unwrap_err();
+        let b = verify(std::slice::from_ref(&f)).unwrap_err();
         assert_eq!(b.line, 3, "{b}");
 
         let mut inserted = orig.clone();
         inserted.insert(7, orig[2].clone());
         write_lines(&f, &inserted);
-        let b = verify(&[f.clone()]).unwrap_err();
+        let b = verify(std::slice::from_ref(&f)).unwrap_err();
         assert_eq!(b.line, 8, "{b}");
         assert!(b.reason.contains("out of order or inserted"), "{b}");
 
         write_lines(&f, &orig);
         let text = std::fs::read_to_string(&f).unwrap();
         std::fs::write(&f, &text[..text.len() - 20]).unwrap();
-        let b = verify(&[f.clone()]).unwrap_err();
+        let b = verify(std::slice::from_ref(&f)).unwrap_err();
         assert_eq!(b.line, 10, "{b}");
         assert!(b.reason.contains("truncated"), "{b}");
     }
