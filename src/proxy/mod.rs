@@ -134,6 +134,11 @@ async fn forward(
         };
         GatewayError::Identity { err, challenge }
     })?;
+    if let Identified::Caller(c) = &identified {
+        record.facts.caller = Some(c.id.clone());
+        record.facts.caller_known = id.callers.iter().any(|d| *d.id == *c.id);
+        record.facts.auth = Some(c.via.name());
+    }
     // 7. Route.
     let m = match snap.config.router.lookup(&host, req.method(), &path) {
         Lookup::Found(m) => m,
@@ -148,11 +153,6 @@ async fn forward(
     let upstream = &snap.config.upstreams[route.upstream];
     record.facts.route = Some(route.id_shared.clone());
     record.facts.upstream = Some(upstream.id_shared.clone());
-    if let Identified::Caller(c) = &identified {
-        record.facts.caller = Some(c.id.clone());
-        record.facts.caller_known = id.callers.iter().any(|d| *d.id == *c.id);
-        record.facts.auth = Some(c.via.name());
-    }
     // 8. Routes serve anonymous callers only when they say so.
     let caller = match identified {
         Identified::Caller(c) => Some(c),

@@ -261,8 +261,10 @@ impl Writer {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            // Continue an existing trail so restarts do not break the chain.
-            if let Some((chain, seq, hash)) = tail_of(path) {
+            // Continue an existing trail so restarts do not break the chain (regular files only:
+            // a device such as /dev/null has no trail to continue).
+            let regular = std::fs::metadata(path).map(|m| m.is_file()).unwrap_or(false);
+            if let Some((chain, seq, hash)) = if regular { tail_of(path) } else { None } {
                 w.chain = chain;
                 w.seq = seq;
                 w.prev = hash;

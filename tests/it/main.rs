@@ -5,6 +5,7 @@ mod demo;
 mod jwt;
 mod lifecycle;
 mod limits;
+mod observability;
 mod proxy;
 mod reload;
 mod streaming;
