@@ -523,6 +523,55 @@ fn compile_telemetry(
         }
         t.audit = s;
     }
+    if let Some(tr) = &raw.tracing {
+        let endpoint = match tr.endpoint.value.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some() => Some(u),
+            _ => {
+                e.push(
+                    &tr.endpoint,
+                    "telemetry.tracing.endpoint",
+                    format!(
+                        "`{}` must be an http(s) URL such as `http://otel-collector:4318/v1/traces`",
+                        tr.endpoint.value
+                    ),
+                );
+                None
+            }
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &tr.headers {
+            let r = SecretRef::parse(&v.value);
+            if matches!(r, SecretRef::Inline(_)) {
+                e.push(
+                    v,
+                    &format!("telemetry.tracing.headers.{k}"),
+                    "header values are secrets: write `env:NAME` or `file:path`",
+                );
+                continue;
+            }
+            match r.resolve(dir) {
+                Ok(secret) => headers.push((k.clone(), secret)),
+                Err(m) => e.push(v, &format!("telemetry.tracing.headers.{k}"), m),
+            }
+        }
+        let sampling = match &tr.sampling {
+            None => 1.0,
+            Some(sp) if (0.0..=1.0).contains(&sp.value) => sp.value,
+            Some(sp) => {
+                e.push(sp, "telemetry.tracing.sampling", "a fraction between 0.0 and 1.0");
+                1.0
+            }
+        };
+        if let Some(endpoint) = endpoint {
+            t.tracing = Some(crate::telemetry::otel::TracingSettings {
+                endpoint,
+                headers,
+                sampling,
+                service_name: tr.service_name.as_ref().map_or_else(|| "interlock".to_owned(), |n| n.value.clone()),
+                timeout: e.duration(&tr.timeout, "telemetry.tracing.timeout", Duration::from_secs(10)),
+            });
+        }
+    }
     t
 }
 
@@ -1175,11 +1224,13 @@ fn compile_route(
     let timeout =
         e.duration(&raw.timeout, &format!("{key}.timeout"), upstream_timeout.unwrap_or(limits.request_timeout));
     let max_body = e.size(&raw.max_body, &format!("{key}.max_body"), limits.max_body);
+    let template = template?;
     Some(Route {
+        template_text: template.to_string().into(),
         id_shared: id.as_str().into(),
         id,
         origin: Origin { file: file.to_path_buf(), line: raw.id.line },
-        template: template?,
+        template,
         host,
         methods,
         upstream: upstream?,

@@ -363,6 +363,8 @@ pub struct Route {
     pub id: String,
     /// The id, shared cheaply with per-request records.
     pub id_shared: std::sync::Arc<str>,
+    /// The path template as written (`/vt/files/{hash}`), for the `http.route` span attribute.
+    pub template_text: std::sync::Arc<str>,
     /// Where it was defined.
     pub origin: Origin,
     /// Path template.

@@ -84,6 +84,25 @@ pub struct RawTelemetry {
     pub access_log: Option<RawAccessLog>,
     /// The hash-chained audit trail.
     pub audit: Option<RawAudit>,
+    /// OpenTelemetry traces over OTLP/HTTP.
+    pub tracing: Option<RawTracing>,
+}
+
+/// Trace export.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawTracing {
+    /// OTLP/HTTP traces endpoint, e.g. `http://otel-collector:4318/v1/traces`.
+    pub endpoint: Sp<String>,
+    /// Extra headers for the collector; values are secret references (`env:`/`file:`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Sp<String>>,
+    /// Fraction of new traces to sample, 0.0..=1.0 (a caller's sampled flag is kept). Default 1.0.
+    pub sampling: Option<Sp<f64>>,
+    /// `service.name`. Default `interlock`.
+    pub service_name: Option<Sp<String>>,
+    /// Export timeout. Default `10s`.
+    pub timeout: Option<Sp<DurationText>>,
 }
 
 /// Access log.

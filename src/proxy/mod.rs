@@ -33,6 +33,8 @@ use body::{RequestBody, ResponseBody};
 use router::Lookup;
 
 const TRACEPARENT: http::header::HeaderName = http::header::HeaderName::from_static("traceparent");
+/// Response header carrying the trace id of the request.
+pub const TRACE_ID: http::header::HeaderName = http::header::HeaderName::from_static("x-trace-id");
 
 /// Facts about the connection a request arrived on.
 #[derive(Debug)]
@@ -59,15 +61,18 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         Some(v) if gw.trust_incoming_request_id && headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
-    // The caller's trace continues here; without one, a new trace starts.
-    let trace_id = match trace_id_of(req.headers().get(TRACEPARENT)) {
-        Some(t) => t.to_owned(),
-        None => new_trace_id(),
+    // The caller's trace continues here; without one, a new trace starts. With export on, the
+    // server span decides the trace id (and the sampling, parent-based).
+    let span = conn.telemetry.tracing.as_ref().map(|t| t.server_span(req.method(), req.headers()));
+    let trace_id = match (&span, trace_id_of(req.headers().get(TRACEPARENT))) {
+        (Some(cx), _) => crate::telemetry::otel::trace_id(cx),
+        (None, Some(t)) => t.to_owned(),
+        (None, None) => new_trace_id(),
     };
     // The record exists from now on: dropped with this future if the client goes away (499),
     // otherwise finished when the response body has been sent.
     let id = request_id.to_str().unwrap_or("").to_owned();
-    let mut record = RequestRecord::start(conn.telemetry.clone(), req.method(), req.uri().path(), id, trace_id);
+    let mut record = RequestRecord::start(conn.telemetry.clone(), &req, conn.scheme, id, trace_id, span);
     let method = req.method().clone();
     let mut res = match forward(&snap, conn, req, &request_id, &mut record).await {
         Ok(res) => res,
@@ -87,6 +92,9 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         }
     };
     res.headers_mut().insert(gw.request_id_header.clone(), request_id);
+    if let Ok(v) = HeaderValue::from_str(&record.trace_id) {
+        res.headers_mut().insert(TRACE_ID, v);
+    }
     record.status = res.status().as_u16();
     res.map(|b| ObservedBody::new(b, record))
 }
@@ -122,6 +130,7 @@ async fn forward(
     }
     // 4. The host the request is for.
     let host = request_host(&req, conn, &gw.server_names)?;
+    record.facts.host = Some(host.clone());
     // 5. One normalised path for routing and forwarding.
     let path = normalize::normalize(req.uri().path())?;
     record.set_path(&path);
@@ -152,6 +161,7 @@ async fn forward(
     let route = &snap.config.routes[m.route];
     let upstream = &snap.config.upstreams[route.upstream];
     record.facts.route = Some(route.id_shared.clone());
+    record.facts.route_template = Some(route.template_text.clone());
     record.facts.upstream = Some(upstream.id_shared.clone());
     // 8. Routes serve anonymous callers only when they say so.
     let caller = match identified {
@@ -212,6 +222,21 @@ async fn forward(
         h.insert(c.name.clone(), c.value.clone());
         record.facts.credential = Some(c.id_shared.clone());
     }
+    // W3C trace context to the upstream: the client span's, or the caller's (kept), or a new one.
+    let client_span = match (&conn.telemetry.tracing, &record.span) {
+        (Some(t), Some(server)) => Some(t.client_span(server, &parts.method, &mut parts.headers)),
+        _ => {
+            if !parts.headers.contains_key(TRACEPARENT) {
+                let tp = format!("00-{}-{:016x}-00", record.trace_id, fastrand::u64(1..));
+                if let Ok(v) = HeaderValue::from_str(&tp) {
+                    parts.headers.insert(TRACEPARENT, v);
+                }
+            }
+            None
+        }
+    };
+    let attempt_method = parts.method.clone();
+    let upstream_host = ep.authority.host().to_owned();
     parts.uri = uri;
     parts.version = Version::HTTP_11; // the pool picks the wire version
     if let Some(c) = caller {
@@ -221,8 +246,38 @@ async fn forward(
     let body = RequestBody::new(incoming, route.max_body);
     record.facts.bytes_in = Some(body.counter());
     let out = Request::from_parts(parts, body);
-    // 13. Send, bounded by the route's deadline to the response head.
-    let res = match tokio::time::timeout(route.timeout, client.send(out)).await {
+    // 13. Send, bounded by the route's deadline to the response head; the attempt is timed and,
+    //     with trace export on, is a client span.
+    let attempt = tokio::time::Instant::now();
+    let sent = tokio::time::timeout(route.timeout, client.send(out)).await;
+    let outcome = match &sent {
+        Ok(Ok(r)) => Ok(r.status().as_u16()),
+        Ok(Err(_)) => Err("upstream_error"),
+        Err(_) => Err("timeout"),
+    };
+    conn.telemetry
+        .metrics
+        .upstream_duration
+        .get_or_create(&crate::telemetry::metrics::UpstreamLabels {
+            upstream: upstream.id.clone(),
+            outcome: if outcome.is_ok() { "ok" } else { "error" }.to_owned(),
+        })
+        .observe(attempt.elapsed().as_secs_f64());
+    if let Some(cx) = client_span {
+        use opentelemetry::KeyValue;
+        let mut a = vec![
+            KeyValue::new("http.request.method", attempt_method.as_str().to_owned()),
+            KeyValue::new("server.address", upstream_host),
+            KeyValue::new("interlock.upstream", upstream.id.clone()),
+        ];
+        match outcome {
+            Ok(status) => a.push(KeyValue::new("http.response.status_code", i64::from(status))),
+            Err(e) => a.push(KeyValue::new("error.type", e)),
+        }
+        let failed = !matches!(outcome, Ok(s) if s < 500);
+        crate::telemetry::otel::end(&cx, a, failed);
+    }
+    let res = match sent {
         Err(_) => return Err(GatewayError::RequestTimeout(route.timeout)),
         Ok(Err(e)) => {
             return Err(match UpstreamError::classify(&upstream.id, e) {

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod metrics;
+pub mod otel;
 pub mod record;
 
 use std::io::Write as _;
@@ -52,6 +53,8 @@ pub struct TelemetrySettings {
     pub access_log: Option<AccessLogSettings>,
     /// Audit trail.
     pub audit: AuditSettings,
+    /// Trace export, if on.
+    pub tracing: Option<otel::TracingSettings>,
 }
 
 /// A live summary of one finished request, for `/tap`.
@@ -147,6 +150,8 @@ pub struct Telemetry {
     pub audit: AuditSink,
     /// Access log, if on.
     pub access_log: Option<AccessLog>,
+    /// Trace export, if on.
+    pub tracing: Option<otel::Tracing>,
     tap: broadcast::Sender<Arc<TapLine>>,
 }
 
@@ -156,15 +161,24 @@ impl Telemetry {
         let audit = AuditSink::start(s.audit.clone())?;
         let metrics = Metrics::new(audit.stats.clone());
         let access_log = s.access_log.as_ref().map(AccessLog::start).transpose()?;
+        let tracing = s.tracing.as_ref().map(otel::Tracing::start).transpose()?;
         let (tap, _) = broadcast::channel(1024);
-        Ok(Arc::new(Telemetry { metrics, audit, access_log, tap }))
+        Ok(Arc::new(Telemetry { metrics, audit, access_log, tracing, tap }))
     }
 
     /// Telemetry with every output off (metrics still count).
     pub fn disabled() -> Arc<Telemetry> {
         let audit = AuditSink::disabled();
         let (tap, _) = broadcast::channel(16);
-        Arc::new(Telemetry { metrics: Metrics::new(audit.stats.clone()), audit, access_log: None, tap })
+        Arc::new(Telemetry { metrics: Metrics::new(audit.stats.clone()), audit, access_log: None, tracing: None, tap })
+    }
+
+    /// Flushes the audit trail and queued spans (after the drain).
+    pub fn shutdown(&self) {
+        self.audit.close();
+        if let Some(t) = &self.tracing {
+            t.shutdown();
+        }
     }
 
     /// Whether anyone is watching the tap.

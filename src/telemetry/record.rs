@@ -48,6 +48,10 @@ pub struct Facts {
     pub cache: Option<&'static str>,
     /// Request body bytes, counted by the request body as it streams.
     pub bytes_in: Option<Arc<AtomicU64>>,
+    /// The route's path template (`http.route`).
+    pub route_template: Option<Arc<str>>,
+    /// The host the request was addressed to (`server.address`).
+    pub host: Option<String>,
 }
 
 /// One request's record, finished exactly once.
@@ -68,18 +72,29 @@ pub struct RequestRecord {
     pub status: u16,
     bytes_out: u64,
     finished: bool,
+    /// The server span, when traces are exported.
+    pub span: Option<opentelemetry::Context>,
+    version: &'static str,
+    scheme: &'static str,
 }
 
 impl RequestRecord {
     /// Starts the record of a request that just arrived.
     pub fn start(
         tel: Arc<Telemetry>,
-        method: &http::Method,
-        path: &str,
+        req: &http::Request<hyper::body::Incoming>,
+        scheme: &'static str,
         request_id: String,
         trace_id: String,
+        span: Option<opentelemetry::Context>,
     ) -> RequestRecord {
         tel.metrics.in_flight.inc();
+        let (method, path) = (req.method(), req.uri().path());
+        let version = match req.version() {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
         RequestRecord {
             tel,
             started: Instant::now(),
@@ -92,6 +107,9 @@ impl RequestRecord {
             status: 0,
             bytes_out: 0,
             finished: false,
+            span,
+            version,
+            scheme,
         }
     }
 
@@ -138,6 +156,43 @@ impl RequestRecord {
         m.bytes_in.inc_by(bytes_in);
         m.bytes_out.inc_by(self.bytes_out);
         let duration_ms = elapsed.as_millis() as u64;
+        if let Some(cx) = self.span.take() {
+            use opentelemetry::trace::TraceContextExt as _;
+            use opentelemetry::KeyValue;
+            let mut a = vec![
+                KeyValue::new("http.request.method", self.method.clone()),
+                KeyValue::new("url.path", self.path.clone()),
+                KeyValue::new("url.scheme", self.scheme),
+                KeyValue::new("http.response.status_code", i64::from(self.status)),
+                KeyValue::new("network.protocol.version", self.version),
+                KeyValue::new("interlock.request_id", self.request_id.clone()),
+            ];
+            let opt = |k: &'static str, v: Option<&str>, a: &mut Vec<KeyValue>| {
+                if let Some(v) = v {
+                    a.push(KeyValue::new(k, v.to_owned()));
+                }
+            };
+            opt("http.route", f.route_template.as_deref(), &mut a);
+            opt("server.address", f.host.as_deref(), &mut a);
+            opt("interlock.caller", f.caller.as_deref(), &mut a);
+            opt("interlock.auth", f.auth, &mut a);
+            opt("interlock.route", f.route.as_deref(), &mut a);
+            opt("interlock.upstream", f.upstream.as_deref(), &mut a);
+            opt("interlock.credential", f.credential.as_deref(), &mut a);
+            opt("interlock.decision", f.decision, &mut a);
+            opt("interlock.cache", f.cache, &mut a);
+            let error_type =
+                f.error.map(str::to_owned).or_else(|| (self.status >= 500).then(|| self.status.to_string()));
+            if let Some(e) = &error_type {
+                a.push(KeyValue::new("error.type", e.clone()));
+            }
+            let name = match &f.route_template {
+                Some(t) => format!("{} {t}", self.method),
+                None => self.method.clone(),
+            };
+            cx.span().update_name(name);
+            super::otel::end(&cx, a, self.status >= 500);
+        }
         let time = rfc3339(self.time);
         if self.tel.tap_wanted() {
             self.tel.tap(TapLine {

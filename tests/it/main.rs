@@ -11,4 +11,5 @@ mod reload;
 mod streaming;
 mod support;
 mod tls_listener;
+mod traces;
 mod upstream_tls;
