@@ -75,12 +75,12 @@ impl Gateway {
 
     /// Starts serving an already compiled `config` read from `dir` (reloads read `dir` again).
     pub async fn start_with(dir: &Path, config: config::Config) -> Result<Gateway, StartError> {
-        let snapshot = Snapshot::build(config, 1, None).map_err(StartError::Config)?;
+        let telemetry = crate::telemetry::Telemetry::start(&config.gateway.telemetry).map_err(StartError::Telemetry)?;
+        let snapshot = Snapshot::build(config, 1, None, &telemetry).map_err(StartError::Config)?;
         let gw = snapshot.config.gateway.clone();
         for w in &snapshot.config.warnings {
             tracing::warn!(warning = %w, "config warning");
         }
-        let telemetry = crate::telemetry::Telemetry::start(&gw.telemetry).map_err(StartError::Telemetry)?;
         let store = Arc::new(Store::new(dir.to_path_buf(), snapshot, telemetry));
 
         let mut tcp = Vec::new();

@@ -28,7 +28,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds runtime objects for `config`, reusing the previous snapshot's connection pools for
     /// upstreams whose transport settings did not change.
-    pub fn build(config: Config, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<ConfigError>> {
+    pub fn build(
+        config: Config,
+        generation: u64,
+        previous: Option<&Snapshot>,
+        telemetry: &crate::telemetry::Telemetry,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
         let mut clients = Vec::with_capacity(config.upstreams.len());
         let mut errors = Vec::new();
         for u in &config.upstreams {
@@ -39,7 +44,11 @@ impl Snapshot {
                 None => clients.push(Arc::new(UpstreamClient::new(u))),
             }
         }
-        let identity = match IdentityRuntime::build(&config.identity, previous.map(|p| &*p.identity)) {
+        let identity = match IdentityRuntime::build(
+            &config.identity,
+            previous.map(|p| &*p.identity),
+            &telemetry.metrics.jwks_fetches,
+        ) {
             Ok(rt) => Arc::new(rt),
             Err(m) => {
                 errors.push(ConfigError::at(&config.dir.join("callers.yaml"), None, "jwt", m));

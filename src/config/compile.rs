@@ -499,7 +499,8 @@ fn compile_telemetry(
         }
     }
     if let Some(a) = &raw.audit {
-        let mut s = AuditSettings { stdout: a.stdout.unwrap_or(false), ..Default::default() };
+        let mut s =
+            AuditSettings { stdout: a.stdout.unwrap_or(false), ocsf: a.ocsf.unwrap_or(false), ..Default::default() };
         s.file = a.file.as_ref().map(|f| dir.join(&f.value));
         s.fsync = match a.fsync.as_ref().map(|f| (f, f.value.as_str())) {
             None => Fsync::Interval(Duration::from_secs(1)),

@@ -129,6 +129,8 @@ pub struct RawAudit {
     pub fsync: Option<Sp<String>>,
     /// Start a new, linked segment when the file passes this size. Default: never.
     pub rotate_size: Option<Sp<SizeText>>,
+    /// Add each call as an OCSF 1.8 API Activity (6003) event to its record. Default false.
+    pub ocsf: Option<bool>,
 }
 
 /// One data-plane listener.

@@ -192,7 +192,7 @@ impl Store {
         let result = match compiled {
             Ok(Ok(config)) => {
                 let diff = Diff::between(&old.config, &config);
-                match Snapshot::build(config, old.generation + 1, Some(&old)) {
+                match Snapshot::build(config, old.generation + 1, Some(&old), &self.telemetry) {
                     Ok(snap) => Ok((snap, diff)),
                     Err(e) => Err(e),
                 }

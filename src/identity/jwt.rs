@@ -253,6 +253,12 @@ pub fn peek_issuer(token: &str) -> Option<String> {
 
 type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// Counts JWKS fetches by issuer and result (exported on `/metrics`).
+pub type FetchCounter = prometheus_client::metrics::family::Family<
+    crate::telemetry::metrics::IssuerLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
+
 /// An issuer's keys at runtime. Survives reloads while the issuer's config is unchanged.
 pub struct IssuerKeys {
     /// The issuer config this was built for.
@@ -263,6 +269,7 @@ pub struct IssuerKeys {
     client: Option<FetchClient>,
     validations: HashMap<Algorithm, Validation>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    fetches: FetchCounter,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -284,7 +291,7 @@ impl Drop for IssuerKeys {
 impl IssuerKeys {
     /// Builds the runtime for `cfg`; for URL sources, starts the background refresh (which also
     /// makes the first fetch). Must run inside the tokio runtime.
-    pub fn start(cfg: JwtIssuer) -> Result<Arc<IssuerKeys>, String> {
+    pub fn start(cfg: JwtIssuer, fetches: FetchCounter) -> Result<Arc<IssuerKeys>, String> {
         let mut validations = HashMap::new();
         for &alg in &cfg.algorithms {
             let mut v = Validation::new(alg);
@@ -314,6 +321,7 @@ impl IssuerKeys {
             client,
             validations,
             refresher: Mutex::new(None),
+            fetches,
             cfg,
         });
         if is_url {
@@ -336,7 +344,13 @@ impl IssuerKeys {
 
     async fn fetch_and_store(&self, why: &str) -> bool {
         let _one = self.fetching.lock().await;
-        match self.fetch().await {
+        let result = self.fetch().await;
+        let labels = crate::telemetry::metrics::IssuerLabels {
+            issuer: self.cfg.id.clone(),
+            result: if result.is_ok() { "ok" } else { "failed" }.to_owned(),
+        };
+        self.fetches.get_or_create(&labels).inc();
+        match result {
             Ok(set) => {
                 tracing::debug!(issuer = %self.cfg.id, keys = set.keys.len(), why, "JWKS fetched");
                 self.keys.store(Some(Arc::new(set)));

@@ -137,12 +137,18 @@ pub struct IdentityRuntime {
 
 impl IdentityRuntime {
     /// Builds the runtime for `id`, keeping the key caches of unchanged issuers from `previous`.
-    pub fn build(id: &Identity, previous: Option<&IdentityRuntime>) -> Result<IdentityRuntime, String> {
+    pub fn build(
+        id: &Identity,
+        previous: Option<&IdentityRuntime>,
+        fetches: &jwt::FetchCounter,
+    ) -> Result<IdentityRuntime, String> {
         let mut issuers = Vec::with_capacity(id.issuers.len());
         for cfg in &id.issuers {
             match previous.and_then(|p| p.issuers.iter().find(|k| k.cfg == *cfg)) {
                 Some(k) => issuers.push(k.clone()),
-                None => issuers.push(IssuerKeys::start(cfg.clone()).map_err(|e| format!("issuer `{}`: {e}", cfg.id))?),
+                None => issuers.push(
+                    IssuerKeys::start(cfg.clone(), fetches.clone()).map_err(|e| format!("issuer `{}`: {e}", cfg.id))?,
+                ),
             }
         }
         Ok(IdentityRuntime { issuers })

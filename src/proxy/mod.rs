@@ -73,6 +73,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     // otherwise finished when the response body has been sent.
     let id = request_id.to_str().unwrap_or("").to_owned();
     let mut record = RequestRecord::start(conn.telemetry.clone(), &req, conn.scheme, id, trace_id, span);
+    record.facts.client_ip = Some(conn.peer.ip().to_canonical());
     let method = req.method().clone();
     let mut res = match forward(&snap, conn, req, &request_id, &mut record).await {
         Ok(res) => res,

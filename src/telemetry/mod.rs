@@ -128,7 +128,7 @@ impl AccessLog {
             Ok(serde_json::Value::Object(m)) => m,
             _ => return,
         };
-        for k in ["chain", "seq", "prev", "hash"] {
+        for k in ["chain", "seq", "prev", "hash", "ocsf"] {
             v.remove(k);
         }
         if !self.fields.is_empty() {

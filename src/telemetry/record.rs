@@ -52,6 +52,8 @@ pub struct Facts {
     pub route_template: Option<Arc<str>>,
     /// The host the request was addressed to (`server.address`).
     pub host: Option<String>,
+    /// The client's IP address.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// One request's record, finished exactly once.
@@ -229,6 +231,12 @@ impl RequestRecord {
             cache: f.cache.map(str::to_owned),
             ..Default::default()
         };
+        let mut record = record;
+        if self.tel.audit.ocsf() {
+            let ms = self.time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let ip = f.client_ip.map(|i| i.to_string());
+            record.ocsf = Some(super::audit::ocsf_api_activity(&record, ms, ip.as_deref()));
+        }
         if let Some(a) = &self.tel.access_log {
             a.write(&record);
         }

@@ -245,6 +245,9 @@ async fn known_keys_outlive_an_idp_outage_until_max_stale() {
     let (s, h, b) = call_with(&gw, &token).await;
     assert_problem(s, &h, &b, 503, "identity-provider-unavailable");
     assert_eq!(up.count(), 2);
+    let (_, _, m) = get(&format!("http://{}/metrics", gw.admin)).await;
+    assert!(m.contains("interlock_jwks_fetches_total{issuer=\"corp\",result=\"ok\"} 1"), "{m}");
+    assert!(m.contains("interlock_jwks_fetches_total{issuer=\"corp\",result=\"failed\"}"), "{m}");
 }
 
 #[test]

@@ -284,3 +284,37 @@ async fn the_tap_streams_filtered_lines_and_slow_readers_miss_lines_instead_of_h
     assert!(missed >= 0.0, "the missed-lines counter is exported: {m}");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_records_can_carry_ocsf_api_activity_events() {
+    let up = Upstream::start().await;
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit.log");
+    let (p, _) = policies(&format!("telemetry:\n  audit:\n    file: {}\n    ocsf: true\n", audit.display()));
+    routes(&p, up.addr);
+    let gw = Running::start(p).await;
+    assert_eq!(req(&gw, "POST", "/api/thing", true, "{}").await, StatusCode::OK);
+    assert_eq!(req(&gw, "DELETE", "/api/thing", false, "").await.as_u16(), 401);
+    assert!(gw.shutdown().await);
+    let records = audit_lines(&audit);
+    assert_eq!(records.len(), 2);
+    let ok = &records[0]["ocsf"];
+    // Required by OCSF 1.8 (base event + API Activity): class, category, activity, type, time,
+    // severity, metadata.product and version, actor, api.operation, src_endpoint.
+    assert_eq!((ok["class_uid"].as_u64(), ok["category_uid"].as_u64()), (Some(6003), Some(6)));
+    assert_eq!((ok["activity_id"].as_u64(), ok["type_uid"].as_u64()), (Some(1), Some(600_301)), "POST is Create");
+    assert!(ok["time"].as_i64().unwrap() > 1_700_000_000_000);
+    assert_eq!(ok["severity_id"], 1);
+    assert_eq!(ok["metadata"]["version"], "1.8.0");
+    assert_eq!(ok["metadata"]["product"]["name"], "Interlock");
+    assert_eq!(ok["actor"]["user"]["uid"], "soar");
+    assert_eq!(ok["api"]["operation"], "POST /api/thing");
+    assert_eq!(ok["api"]["service"]["name"], "up");
+    assert_eq!(ok["src_endpoint"]["ip"], "127.0.0.1");
+    assert_eq!(ok["status_id"], 1);
+    let denied = &records[1]["ocsf"];
+    assert_eq!((denied["activity_id"].as_u64(), denied["status_id"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(denied["api"]["response"]["error"], "unauthenticated");
+    // The OCSF events are inside the chain.
+    assert_eq!(interlock::telemetry::audit::verify(&[audit]), Ok(2));
+}
