@@ -256,12 +256,12 @@ async fn forward(
         Ok(Err(_)) => Err("upstream_error"),
         Err(_) => Err("timeout"),
     };
-    conn.telemetry
-        .metrics
-        .upstream_duration
+    let m = &conn.telemetry.metrics;
+    let outcome_label = if outcome.is_ok() { m.labels.ok.clone() } else { m.labels.error.clone() };
+    m.upstream_duration
         .get_or_create(&crate::telemetry::metrics::UpstreamLabels {
-            upstream: upstream.id.clone(),
-            outcome: if outcome.is_ok() { "ok" } else { "error" }.to_owned(),
+            upstream: crate::telemetry::metrics::Label(upstream.id_shared.clone()),
+            outcome: outcome_label,
         })
         .observe(attempt.elapsed().as_secs_f64());
     if let Some(cx) = client_span {

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,35 +15,88 @@ use prometheus_client::registry::Registry;
 
 use super::audit::AuditStats;
 
+/// A label value shared by reference count: building the labels of a request allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(&self.0)
+    }
+}
+
+/// Label values used on every request, made once.
+#[derive(Debug)]
+pub struct CommonLabels {
+    /// `none`.
+    pub none: Label,
+    /// `anonymous`.
+    pub anonymous: Label,
+    /// `other`.
+    pub other: Label,
+    /// `ok`.
+    pub ok: Label,
+    /// `error`.
+    pub error: Label,
+    classes: [Label; 5],
+}
+
+impl CommonLabels {
+    fn new() -> CommonLabels {
+        let l = |s: &str| Label(s.into());
+        CommonLabels {
+            none: l("none"),
+            anonymous: l("anonymous"),
+            other: l("other"),
+            ok: l("ok"),
+            error: l("error"),
+            classes: [l("1xx"), l("2xx"), l("3xx"), l("4xx"), l("5xx")],
+        }
+    }
+
+    /// The label of a status class.
+    pub fn class(&self, status: u16) -> Label {
+        let i = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.classes[i].clone()
+    }
+}
+
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Route id, or `none`.
-    pub route: String,
+    pub route: Label,
     /// Caller id, `anonymous`, or `other`.
-    pub caller: String,
+    pub caller: Label,
     /// Upstream id, or `none`.
-    pub upstream: String,
+    pub upstream: Label,
     /// `2xx`, `4xx`...
-    pub status: String,
+    pub status: Label,
 }
 
 /// Labels of a request duration.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Route id, or `none`.
-    pub route: String,
+    pub route: Label,
     /// Status class.
-    pub status: String,
+    pub status: Label,
 }
 
 /// Labels of an upstream attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     /// Upstream id.
-    pub upstream: String,
-    /// `ok` (any status) or the failure kind.
-    pub outcome: String,
+    pub upstream: Label,
+    /// `ok` (any status) or `error`.
+    pub outcome: Label,
 }
 
 /// Labels of a problem answer.
@@ -73,6 +126,8 @@ pub struct IssuerLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Shared label values.
+    pub labels: CommonLabels,
     /// Finished requests.
     pub requests: Family<RequestLabels, Counter>,
     /// Request duration (arrival to end of response).
@@ -140,6 +195,7 @@ impl Metrics {
         registry.register("tap_dropped_lines", "Tap lines a slow reader missed", tap_lagged.clone());
         Metrics {
             registry,
+            labels: CommonLabels::new(),
             requests,
             request_duration,
             upstream_duration,

@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::audit::AuditRecord;
-use super::metrics::{status_class, ProblemLabels, RequestLabels, RouteLabels};
+use super::metrics::{Label, ProblemLabels, RequestLabels, RouteLabels};
 use super::{TapLine, Telemetry};
 use crate::proxy::body::{BoxError, ResponseBody};
 
@@ -132,26 +132,25 @@ impl RequestRecord {
         let f = &self.facts;
         let elapsed = self.started.elapsed();
         let bytes_in = f.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
-        let class = status_class(self.status);
         let m = &self.tel.metrics;
         m.in_flight.dec();
-        let route = f.route.as_deref().unwrap_or("none");
+        let l = &m.labels;
+        let route = f.route.clone().map_or_else(|| l.none.clone(), Label);
         let caller = match (&f.caller, f.caller_known) {
-            (None, _) => "anonymous",
-            (Some(c), true) => c,
-            (Some(_), false) => "other",
+            (None, _) => l.anonymous.clone(),
+            (Some(c), true) => Label(c.clone()),
+            (Some(_), false) => l.other.clone(),
         };
+        let status = l.class(self.status);
         m.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                caller: caller.to_owned(),
-                upstream: f.upstream.as_deref().unwrap_or("none").to_owned(),
-                status: class.to_owned(),
+                route: route.clone(),
+                caller,
+                upstream: f.upstream.clone().map_or_else(|| l.none.clone(), Label),
+                status: status.clone(),
             })
             .inc();
-        m.request_duration
-            .get_or_create(&RouteLabels { route: route.to_owned(), status: class.to_owned() })
-            .observe(elapsed.as_secs_f64());
+        m.request_duration.get_or_create(&RouteLabels { route, status }).observe(elapsed.as_secs_f64());
         if let Some(e) = f.error {
             m.problems.get_or_create(&ProblemLabels { r#type: e.to_owned() }).inc();
         }
@@ -195,6 +194,10 @@ impl RequestRecord {
             cx.span().update_name(name);
             super::otel::end(&cx, a, self.status >= 500);
         }
+        let wants_record = self.tel.audit.enabled() || self.tel.access_log.is_some();
+        if !wants_record && !self.tel.tap_wanted() {
+            return;
+        }
         let time = rfc3339(self.time);
         if self.tel.tap_wanted() {
             self.tel.tap(TapLine {
@@ -208,6 +211,9 @@ impl RequestRecord {
                 duration_ms,
                 error: f.error,
             });
+        }
+        if !wants_record {
+            return;
         }
         let record = AuditRecord {
             time,
