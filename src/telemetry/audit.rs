@@ -78,12 +78,24 @@ fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serialises `r` with its `hash` filled in (computed over the line with `hash` empty).
+/// Serialises `r` with its `hash` filled in (computed over the line with `hash` empty). `hash` is
+/// the last field, so the sealed line is the unsealed one with the digest written into the empty
+/// string: one serialisation per record.
 pub fn seal(r: &mut AuditRecord) -> String {
     r.hash.clear();
-    let unsealed = serde_json::to_string(r).unwrap_or_default();
-    r.hash = hex(ring::digest::digest(&ring::digest::SHA256, unsealed.as_bytes()).as_ref());
-    serde_json::to_string(r).unwrap_or_default()
+    let mut line = serde_json::to_string(r).unwrap_or_default();
+    r.hash = hex(ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref());
+    match line.strip_suffix("\"hash\":\"\"}") {
+        Some(head) => {
+            let head_len = head.len();
+            line.truncate(head_len);
+            line.push_str("\"hash\":\"");
+            line.push_str(&r.hash);
+            line.push_str("\"}");
+            line
+        }
+        None => serde_json::to_string(r).unwrap_or_default(),
+    }
 }
 
 /// The record as an OCSF 1.8.0 API Activity event (class 6003, category 6 Application Activity).
@@ -298,7 +310,7 @@ impl Drop for AuditSink {
 
 struct Writer {
     settings: AuditSettings,
-    file: Option<File>,
+    file: Option<std::io::BufWriter<File>>,
     size: u64,
     chain: String,
     seq: u64,
@@ -347,7 +359,7 @@ impl Writer {
                 .open(path)
                 .map_err(|e| format!("cannot open the audit file `{}`: {e}", path.display()))?;
             w.size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            w.file = Some(f);
+            w.file = Some(std::io::BufWriter::with_capacity(256 * 1024, f));
         }
         Ok(w)
     }
@@ -357,8 +369,20 @@ impl Writer {
             Fsync::Interval(d) => d,
             _ => Duration::from_secs(1),
         };
+        // Records written into the buffer but not yet known to have reached the file.
+        let mut pending = 0u64;
+        let mut last_sync = tokio::time::Instant::now();
         loop {
-            match rx.recv_timeout(tick) {
+            let next = match rx.try_recv() {
+                Ok(r) => Ok(r),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                // The queue is empty: push what is buffered to the file before waiting.
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    self.commit(&mut pending, healthy, stats);
+                    rx.recv_timeout(tick)
+                }
+            };
+            match next {
                 Ok(mut r) => {
                     self.seq += 1;
                     r.chain = self.chain.clone();
@@ -367,29 +391,55 @@ impl Writer {
                     let line = seal(&mut r);
                     self.prev = r.hash;
                     match self.write(&line) {
-                        Ok(()) => {
-                            stats.written.fetch_add(1, Ordering::Relaxed);
-                            healthy.store(true, Ordering::Release);
-                        }
+                        Ok(()) => pending += 1,
                         Err(e) => {
-                            stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            // These records are lost: the chain goes on, and `verify` shows the gap.
+                            stats.dropped.fetch_add(pending + 1, Ordering::Relaxed);
+                            pending = 0;
                             if healthy.swap(false, Ordering::AcqRel) {
                                 tracing::error!(error = %e, "audit record could not be written");
                             }
-                            // The record is lost: the chain goes on from it, and `verify` reports the gap.
                         }
+                    }
+                    if pending >= 4096 {
+                        self.commit(&mut pending, healthy, stats);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.commit(&mut pending, healthy, stats);
                     self.sync();
                     return;
                 }
             }
-            if matches!(self.settings.fsync, Fsync::Interval(_)) && self.dirty {
-                self.sync();
+            if let Fsync::Interval(every) = self.settings.fsync {
+                if self.dirty && last_sync.elapsed() >= every {
+                    self.commit(&mut pending, healthy, stats);
+                    self.sync();
+                    last_sync = tokio::time::Instant::now();
+                }
             }
         }
+    }
+
+    /// Flushes the buffer and accounts for the records in it.
+    fn commit(&mut self, pending: &mut u64, healthy: &AtomicBool, stats: &AuditStats) {
+        if *pending == 0 {
+            return;
+        }
+        match self.flush() {
+            Ok(()) => {
+                stats.written.fetch_add(*pending, Ordering::Relaxed);
+                healthy.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                stats.dropped.fetch_add(*pending, Ordering::Relaxed);
+                if healthy.swap(false, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "audit records could not be written");
+                }
+            }
+        }
+        *pending = 0;
     }
 
     fn write(&mut self, line: &str) -> std::io::Result<()> {
@@ -402,15 +452,25 @@ impl Writer {
             self.rotate()?;
         }
         if let Some(f) = &mut self.file {
-            f.write_all(format!("{line}\n").as_bytes())?;
+            f.write_all(line.as_bytes())?;
+            f.write_all(b"\n")?;
             self.size += line.len() as u64 + 1;
             self.dirty = true;
             if self.settings.fsync == Fsync::Always {
-                f.sync_data()?;
+                f.flush()?;
+                f.get_ref().sync_data()?;
                 self.dirty = false;
             }
         }
         Ok(())
+    }
+
+    /// Writes buffered records to the file (errors surface here for buffered writes).
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
     }
 
     /// Moves the current file aside as `<file>.<first seq of the next segment - 1>` and starts a new
@@ -418,16 +478,21 @@ impl Writer {
     fn rotate(&mut self) -> std::io::Result<()> {
         let Some(path) = self.settings.file.clone() else { return Ok(()) };
         self.sync();
+        self.flush()?;
         let rotated = PathBuf::from(format!("{}.{:012}", path.display(), self.seq - 1));
         std::fs::rename(&path, &rotated)?;
-        self.file = Some(OpenOptions::new().create(true).append(true).open(&path)?);
+        self.file = Some(std::io::BufWriter::with_capacity(
+            256 * 1024,
+            OpenOptions::new().create(true).append(true).open(&path)?,
+        ));
         self.size = 0;
         Ok(())
     }
 
     fn sync(&mut self) {
-        if let Some(f) = &self.file {
-            let _ = f.sync_data();
+        if let Some(f) = &mut self.file {
+            let _ = f.flush();
+            let _ = f.get_ref().sync_data();
         }
         self.dirty = false;
     }
