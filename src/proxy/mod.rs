@@ -264,7 +264,13 @@ async fn forward(
             outcome: outcome_label,
         })
         .observe(attempt.elapsed().as_secs_f64());
-    if let Some(cx) = client_span {
+    if let Some(cx) = client_span.filter(|cx| {
+        use opentelemetry::trace::TraceContextExt as _;
+        cx.span().is_recording() || {
+            cx.span().end();
+            false
+        }
+    }) {
         use opentelemetry::KeyValue;
         let mut a = vec![
             KeyValue::new("http.request.method", attempt_method.as_str().to_owned()),

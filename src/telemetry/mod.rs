@@ -106,16 +106,25 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("interlock-access-log".into())
             .spawn(move || {
-                let mut buf = std::io::BufWriter::new(&mut out);
+                let mut buf = std::io::BufWriter::with_capacity(256 * 1024, &mut out);
                 while let Ok(line) = rx.recv() {
                     let _ = buf.write_all(line.as_bytes());
                     let _ = buf.write_all(b"\n");
-                    // Flush when the queue is momentarily empty, so lines appear promptly.
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = buf.write_all(more.as_bytes());
-                        let _ = buf.write_all(b"\n");
+                    // Drain in batches: flush, pause briefly while lines keep coming (so senders
+                    // need not wake this thread per line), block only when idle.
+                    loop {
+                        let mut got = false;
+                        while let Ok(more) = rx.try_recv() {
+                            let _ = buf.write_all(more.as_bytes());
+                            let _ = buf.write_all(b"\n");
+                            got = true;
+                        }
+                        let _ = buf.flush();
+                        if !got {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
                     }
-                    let _ = buf.flush();
                 }
             })
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;

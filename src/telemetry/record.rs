@@ -157,7 +157,14 @@ impl RequestRecord {
         m.bytes_in.inc_by(bytes_in);
         m.bytes_out.inc_by(self.bytes_out);
         let duration_ms = elapsed.as_millis() as u64;
-        if let Some(cx) = self.span.take() {
+        if let Some(cx) = self.span.take().filter(|cx| {
+            use opentelemetry::trace::TraceContextExt as _;
+            // Unsampled spans record nothing: skip building their attributes.
+            cx.span().is_recording() || {
+                cx.span().end();
+                false
+            }
+        }) {
             use opentelemetry::trace::TraceContextExt as _;
             use opentelemetry::KeyValue;
             let mut a = vec![
