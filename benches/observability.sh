@@ -19,6 +19,8 @@ trap 'kill $SINK 2>/dev/null || true' EXIT
 ON=/tmp/interlock-bench-obs
 rm -rf "$ON" && cp -r "$ROOT/benches/load/policies" "$ON"
 cat >> "$ON/gateway.yaml" <<YAML
+shutdown:
+  grace: 5s
 telemetry:
   audit:
     file: /tmp/interlock-bench-audit/audit.log

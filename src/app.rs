@@ -139,7 +139,7 @@ impl Gateway {
             t.abort();
         }
         // Every request has finished or been abandoned: flush the audit trail.
-        self.store.telemetry.shutdown();
+        self.store.telemetry.shutdown().await;
         if drained {
             tracing::info!("drained; exiting");
         } else {

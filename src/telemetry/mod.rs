@@ -182,12 +182,18 @@ impl Telemetry {
         Arc::new(Telemetry { metrics: Metrics::new(audit.stats.clone()), audit, access_log: None, tracing: None, tap })
     }
 
-    /// Flushes the audit trail and queued spans (after the drain).
-    pub fn shutdown(&self) {
-        self.audit.close();
-        if let Some(t) = &self.tracing {
-            t.shutdown();
-        }
+    /// Flushes the audit trail and queued spans (after the drain). Both wait on other threads
+    /// and tasks, so they run off the runtime's threads: on a single-threaded runtime, blocking
+    /// here would starve the very export task being waited for.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            me.audit.close();
+            if let Some(t) = &me.tracing {
+                t.shutdown();
+            }
+        })
+        .await;
     }
 
     /// Whether anyone is watching the tap.

@@ -157,3 +157,28 @@ fn published_schemas_are_current_and_reject_unknown_keys() {
         assert!(v["$schema"].as_str().is_some());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_threaded_gateway_with_trace_export_and_audit_still_exits_promptly() {
+    let up = Upstream::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let audit = tempfile::tempdir().unwrap();
+    let p = Policies::new(&format!(
+        "runtime:\n  worker_threads: 1\ntelemetry:\n  audit:\n    file: {}/a.log\n  tracing:\n    endpoint: http://{dead}/v1/traces\n    timeout: 1s\n",
+        audit.path().display()
+    ));
+    p.upstream("up", up.addr, "", "");
+    p.write("routes/r.yaml", "- id: all\n  match:\n    path: /**\n  upstream: up\n  anonymous: true\n");
+    let (mut child, addr, _admin, _logs) = spawn_run(p.path());
+    for _ in 0..5 {
+        let req = http::Request::get(format!("http://{addr}/x"))
+            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .body(empty())
+            .unwrap();
+        assert_eq!(call(&h1_client(), req).await.0, StatusCode::OK);
+    }
+    signal(&child, "-TERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
+    assert!(status.success());
+    assert_eq!(interlock::telemetry::audit::verify(&[audit.path().join("a.log")]), Ok(5));
+}
