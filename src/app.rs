@@ -107,18 +107,23 @@ impl Gateway {
         let drain = Drain::default();
         let mut background = Vec::new();
         let mut listen_addrs = Vec::new();
+        let mut names = Vec::new();
         for (t, l) in tcp {
             listen_addrs.push(t.local_addr().unwrap_or(l.bind));
-            tracing::info!(listener = %l.name, addr = %listen_addrs[listen_addrs.len() - 1], "listening");
+            names.push(l.name.clone());
             background.push(tokio::spawn(listener::serve(t, l, store.clone(), drain.watch())));
         }
         let admin = Arc::new(AdminState { store: store.clone(), ready: false.into() });
-        tracing::info!(addr = %admin_addr, "admin listening");
         background.push(tokio::spawn(admin::serve(admin_tcp, admin.clone(), stop_admin_rx)));
         if gw.watch {
             background.push(spawn_watcher(store.clone(), gw.watch_debounce).map_err(StartError::Watch)?);
         }
         admin.ready.store(true, Ordering::Release);
+        // Announced once ready, so whoever waits for these lines finds `/readyz` answering 200.
+        for (name, addr) in names.iter().zip(&listen_addrs) {
+            tracing::info!(listener = %name, addr = %addr, "listening");
+        }
+        tracing::info!(addr = %admin_addr, "admin listening");
         Ok(Gateway { listen_addrs, admin_addr, store, admin, stop_admin, drain, background })
     }
 

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod error;
 pub mod identity;
 pub mod listener;
+pub mod policy;
 pub mod proxy;
 pub mod snapshot;
 pub mod telemetry;

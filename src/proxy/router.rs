@@ -93,6 +93,29 @@ impl Template {
         matches!(self.segs.last(), Some(TemplateSeg::Rest))
     }
 
+    /// True when the normalised `path` matches this template on its own (used by policy rules).
+    pub fn matches(&self, path: &str) -> bool {
+        let body = path.strip_prefix('/').unwrap_or(path);
+        let mut segs = if body.is_empty() { Vec::new() } else { body.split('/').collect::<Vec<_>>() };
+        segs.reverse(); // pop from the front cheaply
+        for t in &self.segs {
+            match t {
+                TemplateSeg::Rest => return true,
+                TemplateSeg::Literal(l) => {
+                    if segs.pop() != Some(l.as_str()) {
+                        return false;
+                    }
+                }
+                TemplateSeg::Param(_) => {
+                    if !segs.pop().is_some_and(|s| !s.is_empty()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        segs.is_empty()
+    }
+
     /// The template with capture names erased: two routes with equal shapes match the same paths.
     pub fn shape(&self) -> String {
         let mut s = String::new();
@@ -484,6 +507,20 @@ mod tests {
         assert!(Template::parse("/a/{x}/{x}").is_err());
         assert!(Template::parse("/a/b*").is_err());
         assert!(Template::parse("/a/../b").is_err());
+    }
+
+    #[test]
+    fn single_template_matching() {
+        let t = Template::parse("/edr/hosts/{id}/contain").unwrap();
+        assert!(t.matches("/edr/hosts/h1/contain"));
+        assert!(!t.matches("/edr/hosts/h1/release"));
+        assert!(!t.matches("/edr/hosts/h1/contain/x"));
+        assert!(!t.matches("/edr/hosts//contain"));
+        let p = Template::parse("/edr/**").unwrap();
+        assert!(p.matches("/edr") && p.matches("/edr/") && p.matches("/edr/a/b"));
+        assert!(!p.matches("/other"));
+        assert!(Template::parse("/").unwrap().matches("/"));
+        assert!(!Template::parse("/a").unwrap().matches("/"));
     }
 
     #[test]
