@@ -107,7 +107,7 @@ impl Template {
                     }
                 }
                 TemplateSeg::Param(_) => {
-                    if !segs.pop().is_some_and(|s| !s.is_empty()) {
+                    if segs.pop().is_none_or(|s| s.is_empty()) {
                         return false;
                     }
                 }
