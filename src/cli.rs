@@ -45,6 +45,25 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Explain how the gateway would treat a call: route, upstream URL, rules, decision.
+    Explain {
+        /// The policies directory.
+        #[arg(long, short, default_value = "policies")]
+        config: PathBuf,
+        /// The caller id (omit for an unidentified caller).
+        #[arg(long)]
+        caller: Option<String>,
+        /// Extra groups of the caller (e.g. from a JWT groups claim).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The host the call is addressed to.
+        #[arg(long, default_value = "")]
+        host: String,
+        /// HTTP method.
+        method: String,
+        /// Path (and query).
+        path: String,
+    },
     /// Interlock API keys.
     Keys {
         #[command(subcommand)]
@@ -186,6 +205,11 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { config } => run(&config),
+        Command::Explain { config, caller, groups, host, method, path } => {
+            let (code, text) = explain(&config, caller.as_deref(), &groups, &host, &method, &path);
+            print!("{text}");
+            ExitCode::from(code)
+        }
         Command::Keys { command: KeysCommand::New { caller, id } } => keys_new(&caller, id),
         Command::Certs { command: CertsCommand::Dev { out, callers, days } } => certs_dev(&out, &callers, days),
         Command::Audit { command: AuditCommand::Verify { files } } => match crate::telemetry::audit::verify(&files) {
@@ -201,6 +225,125 @@ pub fn main() -> ExitCode {
         Command::Tap { admin, route, caller, status, token } => tap(&admin, route, caller, status, token),
         Command::Demo { config } => crate::demo::main(config),
     }
+}
+
+/// `interlock explain`: the same engine as the proxy, offline. Returns (exit code, report):
+/// 0 allowed, 3 denied, 4 no route, 1 invalid config, 2 bad arguments.
+pub fn explain(
+    dir: &Path,
+    caller: Option<&str>,
+    groups: &[String],
+    host: &str,
+    method: &str,
+    target: &str,
+) -> (u8, String) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let config = match config::load(dir) {
+        Ok(c) => c,
+        Err(errors) => {
+            let _ = writeln!(out, "{}: {} config error(s); run `interlock check`", dir.display(), errors.len());
+            return (1, out);
+        }
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        return (2, format!("`{method}` is not an HTTP method\n"));
+    };
+    let (raw_path, query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
+    let path = match crate::proxy::normalize::normalize(raw_path) {
+        Ok(p) => p.into_owned(),
+        Err(e) => return (4, format!("request:    {method} {target}\ndecision:   400 invalid-path: {e}\n")),
+    };
+    let q = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let h = if host.is_empty() { String::new() } else { format!(" (host {host})") };
+    let _ = writeln!(out, "request:    {method} {path}{q}{h}");
+    let id = &config.identity;
+    let caller = caller.map(|c| {
+        let known = id.callers.iter().find(|d| d.id == c);
+        let mut g: Vec<String> = known.map(|d| d.groups.clone()).unwrap_or_default();
+        for x in groups {
+            if !g.contains(x) {
+                g.push(x.clone());
+            }
+        }
+        let gs = if g.is_empty() { "none".to_owned() } else { g.join(", ") };
+        let note = if known.is_some() { "" } else { " [not in callers.yaml]" };
+        let _ = writeln!(out, "caller:     {c} (groups: {gs}){note}");
+        crate::identity::Caller {
+            id: c.into(),
+            groups: g.into(),
+            via: crate::identity::AuthMethod::ApiKey { key_id: "explain".into() },
+        }
+    });
+    if caller.is_none() {
+        let _ = writeln!(out, "caller:     unidentified");
+    }
+    let m = match config.router.lookup(&host.to_ascii_lowercase(), &method, &path) {
+        crate::proxy::router::Lookup::Found(m) => m,
+        crate::proxy::router::Lookup::MethodNotAllowed(allowed) => {
+            let a: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+            let _ = writeln!(out, "route:      none for {method}; the path accepts {}", a.join(", "));
+            let _ = writeln!(out, "decision:   405 method-not-allowed");
+            return (4, out);
+        }
+        crate::proxy::router::Lookup::NotFound => {
+            let _ = writeln!(out, "route:      none");
+            let _ = writeln!(out, "decision:   404 no-route");
+            return (4, out);
+        }
+    };
+    let route = &config.routes[m.route];
+    let upstream = &config.upstreams[route.upstream];
+    let _ = writeln!(out, "route:      {} matches {} ({})", route.id, route.template, route.origin);
+    for (i, ep) in upstream.endpoints.iter().enumerate() {
+        let p = crate::proxy::target_path(ep, route, &m, &path);
+        let lead = if i == 0 { "upstream:   " } else { "            " };
+        let _ = writeln!(out, "{lead}{} -> {}://{}{p}{q}", upstream.id, ep.scheme, ep.authority);
+    }
+    match &upstream.credential {
+        Some(c) => {
+            let _ = writeln!(out, "credential: {} (header {}; value never shown)", c.id, c.name);
+        }
+        None => {
+            let _ = writeln!(out, "credential: none");
+        }
+    }
+    let ident = if route.anonymous { "not required (anonymous route)" } else { "required" };
+    let _ = writeln!(out, "identity:   {ident}");
+    let _ = writeln!(out, "rules:");
+    let considered = crate::policy::explain(&route.policy, caller.as_ref(), &method, &path);
+    if considered.is_empty() {
+        let _ = writeln!(out, "  (none: deny by default)");
+    }
+    for c in &considered {
+        let verdict = if c.matched { "MATCHES" } else { "no match" };
+        let _ = writeln!(out, "  {:<16} {:<44} {verdict:<8} {}", c.rule, c.description, c.origin);
+    }
+    let decision = crate::policy::decide(&route.policy, caller.as_ref(), &method, &path);
+    let needs_identity = !route.anonymous && caller.is_none();
+    let verdict = if needs_identity {
+        "DENY: 401 unauthenticated (the route needs an identified caller)".to_owned()
+    } else {
+        match &decision {
+            crate::policy::Decision::Allow(r) => format!("ALLOW by {r}"),
+            crate::policy::Decision::Deny(Some(r)) => format!("DENY by {r}: 403 forbidden"),
+            crate::policy::Decision::Deny(None) => {
+                "DENY: no allow rule matches (deny by default): 403 forbidden".to_owned()
+            }
+        }
+    };
+    let _ = writeln!(out, "decision:   {verdict}");
+    if let Some(s) = crate::policy::shadow(&route.policy, caller.as_ref(), &method, &path) {
+        let _ = writeln!(out, "shadow:     {s} (reported only, never enforced)");
+    }
+    let _ = writeln!(
+        out,
+        "limits:     timeout {}, max body {}; no rate limits configured",
+        units::format_duration(route.timeout),
+        units::format_size(route.max_body)
+    );
+    let allowed = !needs_identity && matches!(decision, crate::policy::Decision::Allow(_));
+    (if allowed { 0 } else { 3 }, out)
 }
 
 fn tap(

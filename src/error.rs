@@ -104,6 +104,18 @@ pub enum GatewayError {
         /// `WWW-Authenticate` value.
         challenge: Option<String>,
     },
+    /// The policy refuses the call.
+    #[error("{caller} may not {method} on route {route}: {why}")]
+    Forbidden {
+        /// The route id.
+        route: String,
+        /// `caller `x`` or `an unidentified caller`.
+        caller: String,
+        /// The method.
+        method: Method,
+        /// Why, in words (the deciding rule, never the whole policy).
+        why: String,
+    },
     /// The route must be audited and the audit trail cannot be written.
     #[error("audit trail unavailable for route {route}")]
     AuditUnavailable {
@@ -229,6 +241,12 @@ impl GatewayError {
                 "unauthenticated",
                 "Caller not identified",
                 format!("Route `{route}` needs to know who is calling. Present your client certificate, a bearer token from a trusted identity provider, or your Interlock API key."),
+            ),
+            E::Forbidden { route, caller, method, why } => p(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Not allowed",
+                format!("Route `{route}` does not let {caller} {method} this path: {why}. Ask the platform team for access if the tool needs it."),
             ),
             E::AuditUnavailable { route } => p(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1225,8 +1225,10 @@ fn compile_route(
     let timeout =
         e.duration(&raw.timeout, &format!("{key}.timeout"), upstream_timeout.unwrap_or(limits.request_timeout));
     let max_body = e.size(&raw.max_body, &format!("{key}.max_body"), limits.max_body);
+    let policy = compile_policy(file, key, &raw, &mut e);
     let template = template?;
     Some(Route {
+        policy,
         template_text: template.to_string().into(),
         id_shared: id.as_str().into(),
         id,
@@ -1249,6 +1251,98 @@ fn compile_route(
         timeout,
         max_body,
     })
+}
+
+fn compile_rules(
+    file: &Path,
+    key: &str,
+    list: &[Sp<super::raw::RawRule>],
+    prefix: &str,
+    e: &mut Errs<'_>,
+) -> Vec<crate::policy::Rule> {
+    use super::raw::RawRule;
+    let mut out = Vec::new();
+    for (i, r) in list.iter().enumerate() {
+        let name = format!("{prefix}[{i}]");
+        let k = format!("{key}.{name}");
+        let mut rule = crate::policy::Rule {
+            name: name.clone(),
+            origin: Origin { file: file.to_path_buf(), line: r.line },
+            callers: Vec::new(),
+            groups: Vec::new(),
+            anyone: false,
+            methods: None,
+            path: None,
+        };
+        match &r.value {
+            RawRule::Short(s) => {
+                if s == "anyone" {
+                    rule.anyone = true;
+                } else if let Some(c) = s.strip_prefix("caller:") {
+                    rule.callers.push(c.to_owned());
+                } else if let Some(g) = s.strip_prefix("group:") {
+                    rule.groups.push(g.to_owned());
+                } else {
+                    e.push(r, &k, format!("`{s}`: write `caller:ID`, `group:NAME`, `anyone`, or a mapping with callers/groups/methods/path"));
+                    continue;
+                }
+            }
+            RawRule::Full(f) => {
+                rule.callers = f.callers.clone();
+                rule.groups = f.groups.clone();
+                rule.anyone = f.anyone;
+                if rule.callers.is_empty() && rule.groups.is_empty() && !rule.anyone {
+                    e.push(r, &k, "a rule names `callers`, `groups` or `anyone: true`");
+                    continue;
+                }
+                if let Some(ms) = &f.methods {
+                    let mut v = Vec::new();
+                    for m in ms {
+                        match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => v.push(m),
+                            Err(_) => e.push(r, &format!("{k}.methods"), format!("`{m}` is not an HTTP method")),
+                        }
+                    }
+                    rule.methods = Some(v);
+                }
+                if let Some(p) = &f.path {
+                    match Template::parse(p) {
+                        Ok(t) => rule.path = Some(t),
+                        Err(m) => e.push(r, &format!("{k}.path"), m),
+                    }
+                }
+            }
+        }
+        out.push(rule);
+    }
+    out
+}
+
+fn compile_policy(file: &Path, key: &str, raw: &RawRoute, e: &mut Errs<'_>) -> crate::policy::Policy {
+    let mut allow = compile_rules(file, key, &raw.allow, "allow", e);
+    if raw.anonymous && allow.is_empty() {
+        // An anonymous route without rules serves everyone: that is what `anonymous` says.
+        allow.push(crate::policy::Rule {
+            name: "anonymous".to_owned(),
+            origin: Origin { file: file.to_path_buf(), line: raw.id.line },
+            callers: Vec::new(),
+            groups: Vec::new(),
+            anyone: true,
+            methods: None,
+            path: None,
+        });
+    }
+    crate::policy::Policy {
+        allow,
+        deny: compile_rules(file, key, &raw.deny, "deny", e),
+        shadow: raw.shadow.as_ref().map(|s| {
+            Box::new(crate::policy::Policy {
+                allow: compile_rules(file, key, &s.allow, "shadow.allow", e),
+                deny: compile_rules(file, key, &s.deny, "shadow.deny", e),
+                shadow: None,
+            })
+        }),
+    }
 }
 
 /// Two routes with the same host, the same path shape and a common method: the later one can never

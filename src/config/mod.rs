@@ -383,6 +383,8 @@ pub struct Route {
     pub anonymous: bool,
     /// Refuse calls while the audit trail cannot be written.
     pub audit_required: bool,
+    /// Who may call.
+    pub policy: crate::policy::Policy,
     /// Time to response head (route, else upstream, else gateway).
     pub timeout: Duration,
     /// Body limit.

@@ -441,10 +441,61 @@ pub struct RawRoute {
     pub anonymous: bool,
     /// `required`: refuse calls (503) while the audit trail cannot be written. Default `best_effort`.
     pub audit: Option<Sp<String>>,
+    /// Who may call: any matching rule allows (deny by default).
+    #[serde(default)]
+    pub allow: Vec<Sp<RawRule>>,
+    /// Who may not: a matching rule denies, whatever `allow` says.
+    #[serde(default)]
+    pub deny: Vec<Sp<RawRule>>,
+    /// A stricter policy being rolled out: evaluated and reported ("would deny"), never enforced.
+    pub shadow: Option<RawShadow>,
     /// Time to the upstream's response head; overrides the upstream and gateway.
     pub timeout: Option<Sp<DurationText>>,
     /// Request body limit for this route.
     pub max_body: Option<Sp<SizeText>>,
+}
+
+/// A policy rule: `caller:ID`, `group:NAME`, `anyone`, or a mapping that can also narrow methods
+/// and paths.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawRule {
+    /// `caller:soar`, `group:enrichment` or `anyone`.
+    Short(String),
+    /// The full form.
+    Full(RawRuleFull),
+}
+
+/// A rule in full.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleFull {
+    /// Caller ids.
+    #[serde(default)]
+    pub callers: Vec<String>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Anyone, including unidentified callers (on `anonymous` routes).
+    #[serde(default)]
+    pub anyone: bool,
+    /// Only these methods.
+    pub methods: Option<Vec<String>>,
+    /// Only paths matching this template (e.g. `/edr/hosts/{id}/contain`).
+    pub path: Option<String>,
+}
+
+/// A shadow policy.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawShadow {
+    /// Candidate allow rules.
+    #[serde(default)]
+    pub allow: Vec<Sp<RawRule>>,
+    /// Candidate deny rules.
+    #[serde(default)]
+    pub deny: Vec<Sp<RawRule>>,
 }
 
 /// Route match.

@@ -173,6 +173,41 @@ async fn forward(
             return Err(GatewayError::Unauthenticated { route: route.id.clone(), challenge: id.challenge(None) })
         }
     };
+    // 8b. May this caller make this call? (pure decision; deny by default, deny rules win)
+    let decision = crate::policy::decide(&route.policy, caller.as_ref(), req.method(), &path);
+    if let Some(crate::policy::Decision::Deny(_)) =
+        crate::policy::shadow(&route.policy, caller.as_ref(), req.method(), &path)
+    {
+        if matches!(decision, crate::policy::Decision::Allow(_)) {
+            tracing::info!(request_id = %record.request_id, route = %route.id, caller = caller.as_ref().map(|c| &*c.id), "shadow policy would deny");
+            conn.telemetry
+                .metrics
+                .shadow_denials
+                .get_or_create(&crate::telemetry::metrics::RouteOnly {
+                    route: crate::telemetry::metrics::Label(route.id_shared.clone()),
+                })
+                .inc();
+        }
+    }
+    record.facts.decision = Some(decision.verdict());
+    record.facts.rule = Some(decision.rule().to_owned());
+    if let crate::policy::Decision::Deny(rule) = &decision {
+        let why = match rule {
+            Some(name) => {
+                let r = route.policy.deny.iter().find(|r| &r.name == name);
+                format!("a deny rule ({name}: {}) refuses it", r.map(|r| r.describe()).unwrap_or_default())
+            }
+            None => "no allow rule covers it".to_owned(),
+        };
+        return Err(GatewayError::Forbidden {
+            route: route.id.clone(),
+            caller: caller
+                .as_ref()
+                .map_or_else(|| "an unidentified caller".to_owned(), |c| format!("caller `{}`", c.id)),
+            method: req.method().clone(),
+            why,
+        });
+    }
     // 9. Routes that must be audited refuse calls while the audit trail cannot be written.
     if route.audit_required && !conn.telemetry.audit.healthy() {
         return Err(GatewayError::AuditUnavailable { route: route.id.clone() });
@@ -191,15 +226,7 @@ async fn forward(
     // 11. Target URI: endpoint + base path + (rewritten) path + the original query.
     let client = &snap.clients[route.upstream];
     let ep = client.pick();
-    let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 32);
-    pq.push_str(&ep.base_path);
-    match &route.rewrite {
-        Some(rw) => rw.apply(&m, &mut pq),
-        None => pq.push_str(&path),
-    }
-    if pq.is_empty() {
-        pq.push('/');
-    }
+    let mut pq = target_path(ep, route, &m, &path);
     if let Some(q) = req.uri().query() {
         pq.push('?');
         pq.push_str(q);
@@ -243,7 +270,6 @@ async fn forward(
     if let Some(c) = caller {
         parts.extensions.insert(c); // typed request fact for later stages (policy, audit)
     }
-    record.facts.decision = Some("allow");
     let body = RequestBody::new(incoming, route.max_body);
     record.facts.bytes_in = Some(body.counter());
     let out = Request::from_parts(parts, body);
@@ -307,6 +333,26 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+}
+
+/// The path sent upstream: the endpoint's base path, then the route's rewrite (or the normalised
+/// path unchanged). Shared by the proxy and `interlock explain`.
+pub fn target_path(
+    ep: &crate::config::Endpoint,
+    route: &crate::config::Route,
+    m: &router::RouteMatch<'_>,
+    path: &str,
+) -> String {
+    let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 32);
+    pq.push_str(&ep.base_path);
+    match &route.rewrite {
+        Some(rw) => rw.apply(m, &mut pq),
+        None => pq.push_str(path),
+    }
+    if pq.is_empty() {
+        pq.push('/');
+    }
+    pq
 }
 
 /// The host a request is addressed to, lower-cased without the port.

@@ -106,6 +106,13 @@ pub struct ProblemLabels {
     pub r#type: String,
 }
 
+/// Labels with only a route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    /// Route id.
+    pub route: Label,
+}
+
 /// Labels of a reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -138,6 +145,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Gateway-made error answers by type.
     pub problems: Family<ProblemLabels, Counter>,
+    /// Calls a route's shadow policy would have denied (served anyway).
+    pub shadow_denials: Family<RouteOnly, Counter>,
     /// Config reloads.
     pub reloads: Family<ResultLabels, Counter>,
     /// Current config generation.
@@ -181,6 +190,12 @@ impl Metrics {
         registry.register("requests_in_flight", "Requests being served", in_flight.clone());
         let problems = Family::<ProblemLabels, Counter>::default();
         registry.register("problems", "Gateway-made error answers, by problem type", problems.clone());
+        let shadow_denials = Family::<RouteOnly, Counter>::default();
+        registry.register(
+            "policy_shadow_denials",
+            "Calls the shadow policy would deny, by route (served anyway)",
+            shadow_denials.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("config_reloads", "Config reload attempts, by result", reloads.clone());
         let generation = Gauge::default();
@@ -201,6 +216,7 @@ impl Metrics {
             upstream_duration,
             in_flight,
             problems,
+            shadow_denials,
             reloads,
             generation,
             jwks_fetches,

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::bin;
+use crate::support::{bin, KillOnDrop};
 
 #[test]
 fn demo_starts_and_its_printed_commands_succeed() {
@@ -14,15 +14,17 @@ fn demo_starts_and_its_printed_commands_succeed() {
         );
         return;
     }
-    let mut child = Command::new(bin())
-        .arg("demo")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("INTERLOCK_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .arg("demo")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("INTERLOCK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -64,10 +66,10 @@ fn demo_starts_and_its_printed_commands_succeed() {
     let status: serde_json::Value = serde_json::from_str(&outputs[find("/config/status")]).unwrap();
     assert_eq!(status["routes"], 4);
     // Ctrl-C ends it cleanly.
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap().success());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(tokio::time::Instant::now() < deadline, "demo did not stop");

@@ -119,7 +119,10 @@ async fn gateway(idp: &Idp, extra: &str) -> (Running, Upstream) {
         ),
     );
     p.upstream("up", up.addr, "", "");
-    p.write("routes/r.yaml", "- id: private\n  match:\n    path: /private/**\n  upstream: up\n");
+    p.write(
+        "routes/r.yaml",
+        "- id: private\n  match:\n    path: /private/**\n  upstream: up\n  allow: [caller:soar]\n",
+    );
     (Running::start(p).await, up)
 }
 
@@ -268,7 +271,7 @@ fn api_keys_never_reach_logs_or_status() {
         &format!("callers:\n  - id: soar\n    api_keys:\n      - id: soar-k\n        hash: {hash}\n"),
     );
     p.upstream("up", up_addr, "", "");
-    p.write("routes/r.yaml", "- id: r\n  match:\n    path: /**\n  upstream: up\n");
+    p.write("routes/r.yaml", "- id: r\n  match:\n    path: /**\n  upstream: up\n  allow: [caller:soar]\n");
     let child = std::process::Command::new(bin())
         .args(["run", "--config"])
         .arg(p.path())

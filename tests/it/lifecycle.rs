@@ -11,9 +11,7 @@ use crate::support::*;
 
 /// Starts `interlock run` and returns the child and its data-plane and admin addresses (read from
 /// its JSON log lines).
-fn spawn_run(
-    dir: &std::path::Path,
-) -> (std::process::Child, SocketAddr, SocketAddr, std::sync::mpsc::Receiver<String>) {
+fn spawn_run(dir: &std::path::Path) -> (KillOnDrop, SocketAddr, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(bin())
         .args(["run", "--config"])
         .arg(dir)
@@ -40,22 +38,22 @@ fn spawn_run(
             _ => {}
         }
     }
-    (child, listen.unwrap(), admin.unwrap(), rx)
+    (KillOnDrop(child), listen.unwrap(), admin.unwrap(), rx)
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+fn signal(child: &KillOnDrop, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.0.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig} failed");
 }
 
-fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+fn wait_exit(child: &mut KillOnDrop, within: Duration) -> std::process::ExitStatus {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             return s;
         }
         if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = child.0.kill();
             panic!("the gateway did not exit within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -6,6 +6,7 @@ mod jwt;
 mod lifecycle;
 mod limits;
 mod observability;
+mod policy;
 mod proxy;
 mod reload;
 mod streaming;

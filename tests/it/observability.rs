@@ -29,7 +29,7 @@ fn routes(p: &Policies, up: std::net::SocketAddr) {
     p.upstream("dead", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(), "", "");
     p.write(
         "routes/r.yaml",
-        "- id: api\n  match:\n    path: /api/**\n  upstream: up\n  max_body: 1KiB\n- id: must-audit\n  match:\n    path: /audited/**\n  upstream: up\n  audit: required\n- id: dead\n  match:\n    path: /dead/**\n  upstream: dead\n",
+        "- id: api\n  match:\n    path: /api/**\n  upstream: up\n  max_body: 1KiB\n  allow: [caller:soar]\n- id: must-audit\n  match:\n    path: /audited/**\n  upstream: up\n  audit: required\n  allow: [caller:soar]\n- id: dead\n  match:\n    path: /dead/**\n  upstream: dead\n  allow: [caller:soar]\n",
     );
 }
 

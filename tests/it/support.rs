@@ -313,3 +313,15 @@ pub async fn wait_until<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Kills a child process when dropped, so a failing test leaves no gateway (or its ports) behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

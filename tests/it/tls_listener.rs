@@ -19,7 +19,7 @@ const CALLERS: &str = "callers:\n  - id: soar\n    groups: [automation]\n    mtl
 const SOAR_KEY: &str = "ilk_demo_soar_key_not_secret_7fQ2xLw9";
 const SIEM_KEY: &str = "ilk_siem_test_key_0123456789";
 
-const ROUTES: &str = "- id: private\n  match:\n    path: /private/**\n  upstream: up\n- id: public\n  match:\n    path: /public/**\n  upstream: up\n  anonymous: true\n";
+const ROUTES: &str = "- id: private\n  match:\n    path: /private/**\n  upstream: up\n  allow: [caller:soar, caller:siem]\n- id: public\n  match:\n    path: /public/**\n  upstream: up\n  anonymous: true\n";
 
 struct Setup {
     ca: DevCa,
