@@ -1077,6 +1077,10 @@ fn compile_upstream(
             e.push(&c.value, "credential.value", "inline secret: write `env:NAME` or `file:path` (or mark this file `dev_fixture: true` for local testing)");
             return None;
         }
+        if let SecretRef::File(path) = &secret_ref {
+            // Rotation is a file write: the file is watched even outside the policies directory.
+            side.file(dir, path);
+        }
         let secret = match secret_ref.resolve(dir) {
             Ok(s) => s,
             Err(m) => {

@@ -210,3 +210,27 @@ async fn head_and_status_codes_pass_through_unchanged() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_secret_file_is_used_by_the_next_request_without_restart() {
+    let up = Upstream::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key = secrets.path().join("vt.key");
+    std::fs::write(&key, "first-secret\n").unwrap();
+    let p = Policies::new("reload:\n  debounce: 50ms\n");
+    p.upstream("vt", up.addr, "", &format!("credential:\n  header: x-apikey\n  value: file:{}\n", key.display()));
+    p.write("routes/r.yaml", "- id: all\n  match:\n    path: /**\n  upstream: vt\n  anonymous: true\n");
+    let gw = Running::start(p).await;
+    get(&gw.url("/a")).await;
+    assert_eq!(up.last().headers["x-apikey"], "first-secret");
+    std::fs::write(&key, "second-secret\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        get(&gw.url("/b")).await;
+        if up.last().headers["x-apikey"] == "second-secret" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the rotated secret was never used");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
