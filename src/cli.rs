@@ -300,12 +300,16 @@ pub fn explain(
         let lead = if i == 0 { "upstream:   " } else { "            " };
         let _ = writeln!(out, "{lead}{} -> {}://{}{p}{q}", upstream.id, ep.scheme, ep.authority);
     }
-    match &upstream.credential {
-        Some(c) => {
-            let _ = writeln!(out, "credential: {} (header {}; value never shown)", c.id, c.name);
+    let caller_id = caller.as_ref().map(|c| c.id.to_string());
+    match upstream.credential_for(route, caller_id.as_deref()) {
+        Ok(Some(c)) => {
+            let _ = writeln!(out, "credential: {} ({}; value never shown)", c.id, c.describe());
         }
-        None => {
+        Ok(None) => {
             let _ = writeln!(out, "credential: none");
+        }
+        Err(()) => {
+            let _ = writeln!(out, "credential: none assigned to this caller (403 no-credential)");
         }
     }
     let ident = if route.anonymous { "not required (anonymous route)" } else { "required" };
@@ -507,8 +511,11 @@ fn check(dir: &Path) -> ExitCode {
             for u in &c.upstreams {
                 let eps: Vec<String> =
                     u.endpoints.iter().map(|e| format!("{}://{}{}", e.scheme, e.authority, e.base_path)).collect();
-                let cred =
-                    u.credential.as_ref().map(|c| format!(", credential `{}` as {}", c.id, c.name)).unwrap_or_default();
+                let cred = u
+                    .credentials
+                    .iter()
+                    .map(|c| format!(", credential `{}` ({})", c.id, c.describe()))
+                    .collect::<String>();
                 println!("  {:<20} {}{cred}", u.id, eps.join(" "));
             }
             let id = &c.identity;

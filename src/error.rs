@@ -116,6 +116,14 @@ pub enum GatewayError {
         /// Why, in words (the deciding rule, never the whole policy).
         why: String,
     },
+    /// The upstream has per-caller credentials and none for this caller.
+    #[error("no credential of upstream {upstream} for {caller}")]
+    NoCredential {
+        /// The upstream id.
+        upstream: String,
+        /// `caller `x``.
+        caller: String,
+    },
     /// The route must be audited and the audit trail cannot be written.
     #[error("audit trail unavailable for route {route}")]
     AuditUnavailable {
@@ -247,6 +255,12 @@ impl GatewayError {
                 "forbidden",
                 "Not allowed",
                 format!("Route `{route}` does not let {caller} {method} this path: {why}. Ask the platform team for access if the tool needs it."),
+            ),
+            E::NoCredential { upstream, caller } => p(
+                StatusCode::FORBIDDEN,
+                "no-credential",
+                "No vendor credential for this caller",
+                format!("Upstream `{upstream}` holds one credential per vendor account, and none is assigned to {caller}. Ask the platform team to assign one."),
             ),
             E::AuditUnavailable { route } => p(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -37,7 +37,13 @@ fn upstream_view(u: &Upstream) -> Value {
         "protocol": match u.protocol { UpstreamProtocol::Auto => "auto", UpstreamProtocol::Http1 => "http1", UpstreamProtocol::Http2 => "http2" },
         "connect_timeout": format_duration(u.connect_timeout),
         "timeout": u.timeout.map(format_duration),
-        "credential": u.credential.as_ref().map(|c| json!({"id": c.id, "header": c.name.as_str(), "value": "[redacted]"})),
+        "credentials": u.credentials.iter().map(|c| json!({
+            "id": c.id,
+            "kind": c.describe(),
+            "value": "[redacted]",
+            "callers": c.callers,
+            "default": c.default,
+        })).collect::<Vec<_>>(),
         "strip_headers": u.strip_headers.iter().map(|h| h.as_str().to_owned()).collect::<Vec<_>>(),
         "tls": {
             "extra_ca_certificates": t.ca_certs.len(),

@@ -30,7 +30,7 @@ use super::{
     Config, ConfigError, Endpoint, Gateway, IpNet, Limits, Listener, ListenerTls, LogSettings, Origin, Route,
     TlsClient, Upstream, UpstreamProtocol, UpstreamTlsInputs,
 };
-use crate::credentials::{HeaderCredential, SecretRef};
+use crate::credentials::SecretRef;
 use crate::identity::jwt::{parse_algorithm, parse_jwks, JwksSource, JwtIssuer};
 use crate::identity::{CallerDef, Identity};
 use crate::proxy::router::{HostPattern, Rewrite, RouterBuilder, Template, MAX_CAPTURES};
@@ -1024,6 +1024,122 @@ fn compile_upstream_tls(
     Some((TlsClient(Arc::new(config)), inputs))
 }
 
+/// Resolves a secret reference (inline values only in dev fixtures); file secrets are watched.
+fn secret(
+    dir: &Path,
+    v: &Sp<String>,
+    key: &str,
+    dev_fixture: bool,
+    side: &mut Side,
+    e: &mut Errs<'_>,
+) -> Option<crate::credentials::Secret> {
+    let r = SecretRef::parse(&v.value);
+    if matches!(r, SecretRef::Inline(_)) && !dev_fixture {
+        e.push(
+            v,
+            key,
+            "inline secret: write `env:NAME` or `file:path` (or mark this file `dev_fixture: true` for local testing)",
+        );
+        return None;
+    }
+    if let SecretRef::File(path) = &r {
+        // Rotation is a file write: the file is watched even outside the policies directory.
+        side.file(dir, path);
+    }
+    r.resolve(dir).map_err(|m| e.push(v, key, m)).ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_credential(
+    dir: &Path,
+    key: &str,
+    c: &super::raw::RawCredential,
+    upstream_id: &str,
+    dev_fixture: bool,
+    several: bool,
+    side: &mut Side,
+    e: &mut Errs<'_>,
+) -> Option<crate::credentials::Credential> {
+    use crate::credentials::{encode_query_value, Credential, Injection, Secret};
+    use base64::Engine as _;
+    let header_value = |prefix: &str, s: &Secret| -> Result<http::HeaderValue, String> {
+        let mut v = http::HeaderValue::try_from(format!("{prefix}{}", s.expose()))
+            .map_err(|_| "the secret contains bytes that are not allowed in an HTTP header".to_owned())?;
+        v.set_sensitive(true);
+        Ok(v)
+    };
+    let kinds =
+        [c.header.is_some(), c.basic.is_some(), c.query.is_some(), c.headers.is_some()].iter().filter(|k| **k).count();
+    let line = c.id.as_ref().map(|i| i.line).or(c.header.as_ref().map(|h| h.line)).or(c.query.as_ref().map(|q| q.line));
+    if kinds != 1 {
+        e.push_line(line, key, "set exactly one of `header` (+ `value`), `basic`, `query` (+ `value`) or `headers`");
+        return None;
+    }
+    let injection = if let Some(h) = &c.header {
+        let name = HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes())
+            .map_err(|_| e.push(h, &format!("{key}.header"), format!("`{}` is not a valid header name", h.value)))
+            .ok()?;
+        let Some(v) = &c.value else {
+            e.push(h, &format!("{key}.value"), "`header` needs `value` (a secret reference)");
+            return None;
+        };
+        let s = secret(dir, v, &format!("{key}.value"), dev_fixture, side, e)?;
+        let prefix = c.prefix.as_ref().map(|p| p.value.as_str()).unwrap_or("");
+        Injection::Headers(vec![(
+            name,
+            header_value(prefix, &s).map_err(|m| e.push(v, &format!("{key}.value"), m)).ok()?,
+        )])
+    } else if let Some(b) = &c.basic {
+        let user = match SecretRef::parse(&b.username.value) {
+            SecretRef::Inline(u) => u,
+            _ => secret(dir, &b.username, &format!("{key}.basic.username"), dev_fixture, side, e)?,
+        };
+        let pass = secret(dir, &b.password, &format!("{key}.basic.password"), dev_fixture, side, e)?;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", user.expose(), pass.expose()));
+        let v = header_value("Basic ", &Secret::new(token))
+            .map_err(|m| e.push(&b.password, &format!("{key}.basic"), m))
+            .ok()?;
+        Injection::Headers(vec![(http::header::AUTHORIZATION, v)])
+    } else if let Some(q) = &c.query {
+        let Some(v) = &c.value else {
+            e.push(q, &format!("{key}.value"), "`query` needs `value` (a secret reference)");
+            return None;
+        };
+        let s = secret(dir, v, &format!("{key}.value"), dev_fixture, side, e)?;
+        if q.value.is_empty() {
+            e.push(q, &format!("{key}.query"), "the query parameter name is empty");
+            return None;
+        }
+        Injection::Query { param: q.value.clone(), value: Secret::new(encode_query_value(s.expose())) }
+    } else {
+        let mut list = Vec::new();
+        for (name, v) in c.headers.iter().flatten() {
+            let k = format!("{key}.headers.{name}");
+            let n = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| e.push(v, &k, format!("`{name}` is not a valid header name")))
+                .ok()?;
+            let s = secret(dir, v, &k, dev_fixture, side, e)?;
+            list.push((n, header_value("", &s).map_err(|m| e.push(v, &k, m)).ok()?));
+        }
+        Injection::Headers(list)
+    };
+    if !several && (!c.callers.is_empty() || c.default) {
+        e.push_line(
+            line,
+            key,
+            "`callers` and `default` choose among several `credentials`; a single `credential` serves every caller",
+        );
+    }
+    let id = c.id.as_ref().map(|i| i.value.clone()).unwrap_or_else(|| upstream_id.to_owned());
+    Some(Credential {
+        id_shared: id.as_str().into(),
+        id,
+        injection,
+        callers: c.callers.iter().map(|x| x.value.clone()).collect(),
+        default: c.default || !several,
+    })
+}
+
 fn compile_upstream(
     dir: &Path,
     file: &Path,
@@ -1064,40 +1180,45 @@ fn compile_upstream(
     let pool_idle_timeout = e.duration(&pool.idle_timeout, "pool.idle_timeout", Duration::from_secs(90));
     let pool_max_idle_per_host = pool.max_idle_per_host.as_ref().map(|m| m.value as usize).unwrap_or(256);
 
-    let credential = raw.credential.and_then(|c| {
-        let name = match HeaderName::from_bytes(c.header.value.to_ascii_lowercase().as_bytes()) {
-            Ok(n) => n,
-            Err(_) => {
-                e.push(&c.header, "credential.header", format!("`{}` is not a valid header name", c.header.value));
-                return None;
+    let mut credentials = Vec::new();
+    let several = !raw.credentials.is_empty();
+    if raw.credential.is_some() && several {
+        e.push(&raw.id, "credentials", "use either `credential` or `credentials`, not both");
+    }
+    let raw_creds: Vec<(String, &super::raw::RawCredential)> = match &raw.credential {
+        Some(c) => vec![("credential".to_owned(), c)],
+        None => raw.credentials.iter().enumerate().map(|(i, c)| (format!("credentials[{i}]"), c)).collect(),
+    };
+    for (key, c) in raw_creds {
+        if let Some(cred) = compile_credential(dir, &key, c, &id, raw.dev_fixture, several, side, &mut e) {
+            if credentials.iter().any(|x: &crate::credentials::Credential| x.id == cred.id) {
+                e.push_line(
+                    c.id.as_ref().map(|i| i.line),
+                    &format!("{key}.id"),
+                    format!("duplicate credential id `{}`", cred.id),
+                );
             }
-        };
-        let secret_ref = SecretRef::parse(&c.value.value);
-        if matches!(secret_ref, SecretRef::Inline(_)) && !raw.dev_fixture {
-            e.push(&c.value, "credential.value", "inline secret: write `env:NAME` or `file:path` (or mark this file `dev_fixture: true` for local testing)");
-            return None;
+            credentials.push(cred);
         }
-        if let SecretRef::File(path) = &secret_ref {
-            // Rotation is a file write: the file is watched even outside the policies directory.
-            side.file(dir, path);
+    }
+    if several {
+        let defaults = credentials.iter().filter(|c| c.default).count();
+        if defaults > 1 {
+            e.push(&raw.id, "credentials", "at most one credential may be `default: true`");
         }
-        let secret = match secret_ref.resolve(dir) {
-            Ok(s) => s,
-            Err(m) => {
-                e.push(&c.value, "credential.value", m);
-                return None;
-            }
-        };
-        let cid = c.id.as_ref().map(|i| i.value.clone()).unwrap_or_else(|| id.clone());
-        let prefix = c.prefix.as_ref().map(|p| p.value.as_str()).unwrap_or("");
-        match HeaderCredential::new(cid, name, prefix, &secret) {
-            Ok(h) => Some(h),
-            Err(m) => {
-                e.push(&c.value, "credential.value", m);
-                None
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for c in &credentials {
+            for caller in &c.callers {
+                if let Some(prev) = seen.insert(caller, &c.id) {
+                    e.push(
+                        &raw.id,
+                        "credentials",
+                        format!("caller `{caller}` is listed on credentials `{prev}` and `{}`", c.id),
+                    );
+                }
             }
         }
-    });
+    }
     let mut strip_headers = Vec::new();
     for (i, h) in raw.strip_headers.iter().enumerate() {
         match HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes()) {
@@ -1105,9 +1226,11 @@ fn compile_upstream(
             Err(_) => e.push(h, &format!("strip_headers[{i}]"), format!("`{}` is not a valid header name", h.value)),
         }
     }
-    if let Some(c) = &credential {
-        if !strip_headers.contains(&c.name) {
-            strip_headers.push(c.name.clone());
+    for c in &credentials {
+        for n in c.header_names() {
+            if !strip_headers.contains(&n) {
+                strip_headers.push(n);
+            }
         }
     }
     let (tls, tls_inputs) = tls_built?;
@@ -1123,7 +1246,7 @@ fn compile_upstream(
         timeout,
         pool_idle_timeout,
         pool_max_idle_per_host,
-        credential,
+        credentials,
         strip_headers,
     })
 }
@@ -1230,8 +1353,29 @@ fn compile_route(
         e.duration(&raw.timeout, &format!("{key}.timeout"), upstream_timeout.unwrap_or(limits.request_timeout));
     let max_body = e.size(&raw.max_body, &format!("{key}.max_body"), limits.max_body);
     let policy = compile_policy(file, key, &raw, &mut e);
+    let credential = match (&raw.credential, upstream) {
+        (Some(c), Some(u)) => {
+            let idx = upstreams[u].credentials.iter().position(|x| x.id == c.value);
+            if idx.is_none() {
+                let known: Vec<&str> = upstreams[u].credentials.iter().map(|x| x.id.as_str()).collect();
+                e.push(
+                    c,
+                    &format!("{key}.credential"),
+                    format!(
+                        "upstream `{}` has no credential `{}` (it has: {})",
+                        upstreams[u].id,
+                        c.value,
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                );
+            }
+            idx
+        }
+        _ => None,
+    };
     let template = template?;
     Some(Route {
+        credential,
         policy,
         template_text: template.to_string().into(),
         id_shared: id.as_str().into(),
@@ -1478,9 +1622,12 @@ mod tests {
         write(d.path(), "upstreams/b.yaml", "id: b\ndev_fixture: true\nendpoints: [http://x]\ncredential: { header: Authorization, prefix: 'Bearer ', value: inline }\n");
         // `secrets/` is a directory without YAML files: allowed beside the known entries.
         let c = load(d.path()).unwrap();
-        let a = c.upstream("a").unwrap().credential.as_ref().unwrap();
-        assert_eq!(a.value, "k-123");
+        let header = |u: &str| match &c.upstream(u).unwrap().credentials[0].injection {
+            crate::credentials::Injection::Headers(h) => h[0].1.clone(),
+            other => panic!("{:?}", matches!(other, crate::credentials::Injection::Query { .. })),
+        };
+        assert_eq!(header("a"), "k-123");
         assert!(c.upstream("a").unwrap().strip_headers.contains(&HeaderName::from_static("x-apikey")));
-        assert_eq!(c.upstream("b").unwrap().credential.as_ref().unwrap().value, "Bearer inline");
+        assert_eq!(header("b"), "Bearer inline");
     }
 }

@@ -24,7 +24,6 @@ use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::Method;
 
-use crate::credentials::HeaderCredential;
 use crate::identity::Identity;
 use crate::proxy::router::{HostPattern, Rewrite, Router, Template};
 use crate::tls::ClientAuth;
@@ -288,13 +287,34 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     /// Idle connections per endpoint.
     pub pool_max_idle_per_host: usize,
-    /// The injected credential.
-    pub credential: Option<HeaderCredential>,
+    /// The credentials it can inject (one, or one per vendor tenant chosen by caller).
+    pub credentials: Vec<crate::credentials::Credential>,
     /// Request headers removed before forwarding, in addition to the standard ones.
     pub strip_headers: Vec<HeaderName>,
 }
 
 impl Upstream {
+    /// The credential for `caller` on `route`: the route's choice, else the caller's own, else the
+    /// default. `Err` when the upstream has credentials but none for this caller.
+    pub fn credential_for(
+        &self,
+        route: &Route,
+        caller: Option<&str>,
+    ) -> Result<Option<&crate::credentials::Credential>, ()> {
+        if self.credentials.is_empty() {
+            return Ok(None);
+        }
+        if let Some(i) = route.credential {
+            return Ok(self.credentials.get(i));
+        }
+        if let Some(c) = caller {
+            if let Some(cred) = self.credentials.iter().find(|x| x.callers.iter().any(|y| y == c)) {
+                return Ok(Some(cred));
+            }
+        }
+        self.credentials.iter().find(|x| x.default).map(Some).ok_or(())
+    }
+
     /// True when the connection pool built for `self` can serve `other` unchanged.
     pub fn same_transport(&self, other: &Upstream) -> bool {
         self.protocol == other.protocol
@@ -385,6 +405,8 @@ pub struct Route {
     pub audit_required: bool,
     /// Who may call.
     pub policy: crate::policy::Policy,
+    /// Credential (index into the upstream's) used for every caller of this route.
+    pub credential: Option<usize>,
     /// Time to response head (route, else upstream, else gateway).
     pub timeout: Duration,
     /// Body limit.

@@ -369,6 +369,9 @@ pub struct RawUpstream {
     pub pool: Option<RawPool>,
     /// The credential the gateway injects (callers never hold it).
     pub credential: Option<RawCredential>,
+    /// Several credentials (one per vendor tenant/account), chosen per caller.
+    #[serde(default)]
+    pub credentials: Vec<RawCredential>,
     /// Extra request headers removed before forwarding (e.g. a vendor key header a tool might still send).
     #[serde(default)]
     pub strip_headers: Vec<Sp<String>>,
@@ -411,12 +414,34 @@ pub struct RawPool {
 pub struct RawCredential {
     /// Credential id shown in logs and audit (never the value). Default: the upstream id.
     pub id: Option<Sp<String>>,
-    /// Header to set, e.g. `x-apikey` or `authorization`.
-    pub header: Sp<String>,
-    /// Secret reference: `env:NAME` or `file:path`. Inline values only in dev fixtures.
-    pub value: Sp<String>,
-    /// Text put before the secret, e.g. `"Bearer "`.
+    /// Header kind: the header to set, e.g. `x-apikey` or `authorization` (with `value`).
+    pub header: Option<Sp<String>>,
+    /// Header or query kind: secret reference `env:NAME` or `file:path` (inline only in dev fixtures).
+    pub value: Option<Sp<String>>,
+    /// Header kind: text put before the secret, e.g. `"Bearer "`, `"Token "`.
     pub prefix: Option<Sp<String>>,
+    /// HTTP Basic: `{ username: ..., password: env:... }` (the username may be literal).
+    pub basic: Option<RawBasic>,
+    /// Query parameter kind: the parameter name (with `value`), e.g. `apikey`.
+    pub query: Option<Sp<String>>,
+    /// Several headers at once (vendors wanting a key id and a secret): name → secret reference.
+    pub headers: Option<std::collections::BTreeMap<String, Sp<String>>>,
+    /// With several `credentials`: the callers that use this one.
+    #[serde(default)]
+    pub callers: Vec<Sp<String>>,
+    /// With several `credentials`: used by callers not listed anywhere. Default false.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// HTTP Basic credential.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawBasic {
+    /// User name (literal, or a secret reference).
+    pub username: Sp<String>,
+    /// Password: a secret reference.
+    pub password: Sp<String>,
 }
 
 /// One route of a `routes/*.yaml` file (each file holds a list).
@@ -449,6 +474,8 @@ pub struct RawRoute {
     pub deny: Vec<Sp<RawRule>>,
     /// A stricter policy being rolled out: evaluated and reported ("would deny"), never enforced.
     pub shadow: Option<RawShadow>,
+    /// Use this credential of the upstream for every caller of the route (overrides caller selection).
+    pub credential: Option<Sp<String>>,
     /// Time to the upstream's response head; overrides the upstream and gateway.
     pub timeout: Option<Sp<DurationText>>,
     /// Request body limit for this route.

@@ -91,37 +91,97 @@ impl SecretRef {
     }
 }
 
-/// A credential injected as one request header.
+/// How a credential is put on the request.
 #[derive(Clone)]
-pub struct HeaderCredential {
+#[non_exhaustive]
+pub enum Injection {
+    /// One or more headers (a key header, `Authorization: Basic ...`, key id + secret pairs).
+    Headers(Vec<(HeaderName, HeaderValue)>),
+    /// A query parameter, value already percent-encoded. The rewritten URL is never logged.
+    Query {
+        /// Parameter name.
+        param: String,
+        /// Encoded value.
+        value: Secret,
+    },
+}
+
+/// A credential of an upstream: what is injected, and which callers use it.
+#[derive(Clone)]
+pub struct Credential {
     /// Id shown in logs, traces and audit.
     pub id: String,
     /// The id, shared cheaply with per-request records.
     pub id_shared: Arc<str>,
-    /// Header name.
-    pub name: HeaderName,
-    /// Full header value (prefix + secret), marked sensitive.
-    pub value: HeaderValue,
+    /// What is injected.
+    pub injection: Injection,
+    /// Callers that use this credential (several-credential upstreams).
+    pub callers: Vec<String>,
+    /// Used by callers not listed on any credential.
+    pub default: bool,
 }
 
-impl fmt::Debug for HeaderCredential {
+impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HeaderCredential")
+        f.debug_struct("Credential")
             .field("id", &self.id)
-            .field("name", &self.name)
-            .field("value", &"[redacted]")
+            .field("kind", &self.describe())
+            .field("callers", &self.callers)
+            .field("default", &self.default)
             .finish()
     }
 }
 
-impl HeaderCredential {
-    /// Builds the header from a prefix and a secret.
-    pub fn new(id: String, name: HeaderName, prefix: &str, secret: &Secret) -> Result<Self, String> {
-        let mut v = HeaderValue::try_from(format!("{prefix}{}", secret.expose()))
-            .map_err(|_| "the secret contains bytes that are not allowed in an HTTP header".to_owned())?;
-        v.set_sensitive(true);
-        Ok(HeaderCredential { id_shared: id.as_str().into(), id, name, value: v })
+impl Credential {
+    /// What kind of credential, in words (never the value): `header x-apikey`, `query parameter apikey`.
+    pub fn describe(&self) -> String {
+        match &self.injection {
+            Injection::Headers(h) => {
+                let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+                format!("header {}", names.join(" + "))
+            }
+            Injection::Query { param, .. } => format!("query parameter {param}"),
+        }
     }
+
+    /// Header names this credential sets (callers' copies are removed before injection).
+    pub fn header_names(&self) -> Vec<HeaderName> {
+        match &self.injection {
+            Injection::Headers(h) => h.iter().map(|(n, _)| n.clone()).collect(),
+            Injection::Query { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
+pub fn encode_query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Removes every `param=` from a query string and appends `param=value` (so the upstream sees
+/// exactly one, the injected one).
+pub fn inject_query(query: Option<&str>, param: &str, value: &str) -> String {
+    let mut out = String::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or("");
+        if name.eq_ignore_ascii_case(param) || name.eq_ignore_ascii_case(&encode_query_value(param)) {
+            continue;
+        }
+        out.push_str(pair);
+        out.push('&');
+    }
+    out.push_str(&encode_query_value(param));
+    out.push('=');
+    out.push_str(value);
+    out
 }
 
 #[cfg(test)]
@@ -132,10 +192,23 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
-        let c = HeaderCredential::new("vt".into(), HeaderName::from_static("x-apikey"), "", &s).unwrap();
+        let c = Credential {
+            id: "vt".into(),
+            id_shared: "vt".into(),
+            injection: Injection::Query { param: "k".into(), value: s.clone() },
+            callers: vec![],
+            default: true,
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert!(c.value.is_sensitive());
         assert!(!format!("{:?}", SecretRef::parse("hunter2")).contains("hunter2"));
+    }
+
+    #[test]
+    fn query_injection_replaces_caller_copies() {
+        assert_eq!(inject_query(Some("q=1&apikey=caller&x=2"), "apikey", "s3%20cr"), "q=1&x=2&apikey=s3%20cr");
+        assert_eq!(inject_query(Some("APIKEY=a"), "apikey", "v"), "apikey=v");
+        assert_eq!(inject_query(None, "key", "v"), "key=v");
+        assert_eq!(encode_query_value("a b/c+d"), "a%20b%2Fc%2Bd");
     }
 
     #[test]

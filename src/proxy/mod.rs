@@ -21,6 +21,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::credentials::Injection;
 use crate::error::{new_trace_id, rescue, trace_id_of, GatewayError};
 use crate::identity::mtls::PeerCert;
 use crate::identity::{identify, Identified, IdentityError};
@@ -208,6 +209,14 @@ async fn forward(
             why,
         });
     }
+    // 8c. Which of the upstream's credentials this caller uses (per-tenant credentials).
+    let credential =
+        upstream.credential_for(route, caller.as_ref().map(|c| &*c.id)).map_err(|()| GatewayError::NoCredential {
+            upstream: upstream.id.clone(),
+            caller: caller
+                .as_ref()
+                .map_or_else(|| "an unidentified caller".to_owned(), |c| format!("caller `{}`", c.id)),
+        })?;
     // 9. Routes that must be audited refuse calls while the audit trail cannot be written.
     if route.audit_required && !conn.telemetry.audit.healthy() {
         return Err(GatewayError::AuditUnavailable { route: route.id.clone() });
@@ -242,12 +251,30 @@ async fn forward(
     //     request id, then the injected credential last so nothing can overwrite it.
     let client_upgrade = if upgrading { Some(hyper::upgrade::on(&mut req)) } else { None };
     let (mut parts, incoming) = req.into_parts();
+    parts.uri = uri;
     let h = &mut parts.headers;
     headers::strip_request(h, upgrading, &upstream.strip_headers);
     headers::set_forwarded(h, conn.peer, conn.scheme, Some(&host), &gw.trusted_proxies);
     h.insert(gw.request_id_header.clone(), request_id.clone());
-    if let Some(c) = &upstream.credential {
-        h.insert(c.name.clone(), c.value.clone());
+    if let Some(c) = credential {
+        match &c.injection {
+            Injection::Headers(list) => {
+                for (n, v) in list {
+                    h.insert(n.clone(), v.clone());
+                }
+            }
+            Injection::Query { param, value } => {
+                let q = crate::credentials::inject_query(parts.uri.query(), param, value.expose());
+                let pq = format!("{}?{q}", parts.uri.path());
+                if let Ok(pq) = PathAndQuery::try_from(pq) {
+                    let mut p = parts.uri.clone().into_parts();
+                    p.path_and_query = Some(pq);
+                    if let Ok(u) = Uri::from_parts(p) {
+                        parts.uri = u;
+                    }
+                }
+            }
+        }
         record.facts.credential = Some(c.id_shared.clone());
     }
     // W3C trace context to the upstream: the client span's, or the caller's (kept), or a new one.
@@ -265,7 +292,6 @@ async fn forward(
     };
     let attempt_method = parts.method.clone();
     let upstream_host = ep.authority.host().to_owned();
-    parts.uri = uri;
     parts.version = Version::HTTP_11; // the pool picks the wire version
     if let Some(c) = caller {
         parts.extensions.insert(c); // typed request fact for later stages (policy, audit)

@@ -223,8 +223,9 @@ async fn access_log_lines_and_admin_views_carry_no_secrets() {
     let (_, _, config) = admin_get("/config").await;
     let c: serde_json::Value = serde_json::from_str(&config).unwrap();
     let upc = c["upstreams"].as_array().unwrap().iter().find(|u| u["id"] == "up").unwrap();
-    assert_eq!(upc["credential"]["id"], "vendor-cred");
-    assert_eq!(upc["credential"]["value"], "[redacted]");
+    assert_eq!(upc["credentials"][0]["id"], "vendor-cred");
+    assert_eq!(upc["credentials"][0]["kind"], "header x-vendor-key");
+    assert_eq!(upc["credentials"][0]["value"], "[redacted]");
     assert_eq!(c["callers"]["callers"][0]["api_keys"][0], "soar-key-1");
     let (_, _, routes) = admin_get("/routes").await;
     assert!(routes.contains("\"must-audit\"") && routes.contains("\"required\""), "{routes}");
