@@ -308,7 +308,7 @@ pub fn explain(
         Ok(None) => {
             let _ = writeln!(out, "credential: none");
         }
-        Err(()) => {
+        Err(_) => {
             let _ = writeln!(out, "credential: none assigned to this caller (403 no-credential)");
         }
     }

@@ -300,7 +300,7 @@ impl Upstream {
         &self,
         route: &Route,
         caller: Option<&str>,
-    ) -> Result<Option<&crate::credentials::Credential>, ()> {
+    ) -> Result<Option<&crate::credentials::Credential>, NoCredentialFor> {
         if self.credentials.is_empty() {
             return Ok(None);
         }
@@ -312,7 +312,7 @@ impl Upstream {
                 return Ok(Some(cred));
             }
         }
-        self.credentials.iter().find(|x| x.default).map(Some).ok_or(())
+        self.credentials.iter().find(|x| x.default).map(Some).ok_or(NoCredentialFor)
     }
 
     /// True when the connection pool built for `self` can serve `other` unchanged.
@@ -324,6 +324,10 @@ impl Upstream {
             && self.pool_max_idle_per_host == other.pool_max_idle_per_host
     }
 }
+
+/// The upstream has per-caller credentials and none for this caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoCredentialFor;
 
 /// A ready rustls client configuration (its Debug output is short and stable).
 #[derive(Clone)]

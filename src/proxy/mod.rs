@@ -211,7 +211,7 @@ async fn forward(
     }
     // 8c. Which of the upstream's credentials this caller uses (per-tenant credentials).
     let credential =
-        upstream.credential_for(route, caller.as_ref().map(|c| &*c.id)).map_err(|()| GatewayError::NoCredential {
+        upstream.credential_for(route, caller.as_ref().map(|c| &*c.id)).map_err(|_| GatewayError::NoCredential {
             upstream: upstream.id.clone(),
             caller: caller
                 .as_ref()
