@@ -116,6 +116,9 @@ pub enum GatewayError {
         /// Why, in words (the deciding rule, never the whole policy).
         why: String,
     },
+    /// The credential (an OAuth2 token) cannot be obtained.
+    #[error("credential unavailable: {0}")]
+    CredentialUnavailable(String),
     /// The upstream has per-caller credentials and none for this caller.
     #[error("no credential of upstream {upstream} for {caller}")]
     NoCredential {
@@ -255,6 +258,12 @@ impl GatewayError {
                 "forbidden",
                 "Not allowed",
                 format!("Route `{route}` does not let {caller} {method} this path: {why}. Ask the platform team for access if the tool needs it."),
+            ),
+            E::CredentialUnavailable(why) => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credential-unavailable",
+                "Vendor credential unavailable",
+                format!("The gateway could not obtain the vendor credential: {why}. Nothing was sent to the vendor. Retry later; the platform team is alerted by the token metrics."),
             ),
             E::NoCredential { upstream, caller } => p(
                 StatusCode::FORBIDDEN,
@@ -424,7 +433,7 @@ pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<
                 res.headers_mut().insert(ALLOW, v);
             }
         }
-        GatewayError::ShuttingDown | GatewayError::AuditUnavailable { .. } => {
+        GatewayError::ShuttingDown | GatewayError::AuditUnavailable { .. } | GatewayError::CredentialUnavailable(_) => {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         GatewayError::Unauthenticated { challenge: Some(c), .. }

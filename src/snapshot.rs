@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{Config, ConfigError};
+use crate::credentials::Injection;
 use crate::identity::IdentityRuntime;
 use crate::upstream::UpstreamClient;
 
@@ -34,6 +35,24 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         telemetry: &crate::telemetry::Telemetry,
     ) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut config = config;
+        // Keep the token caches of unchanged OAuth2 credentials: a reload must not re-mint.
+        for u in &mut config.upstreams {
+            for c in &mut u.credentials {
+                if let Injection::OAuth2(t) = &mut c.injection {
+                    let old = previous.and_then(|p| p.config.upstream(&u.id)).and_then(|pu| {
+                        pu.credentials.iter().find_map(|pc| match &pc.injection {
+                            Injection::OAuth2(pt) if pc.id == c.id && pt.settings == t.settings => Some(pt.clone()),
+                            _ => None,
+                        })
+                    });
+                    if let Some(old) = old {
+                        *t = old;
+                    }
+                    t.count_into(&telemetry.metrics.token_requests);
+                }
+            }
+        }
         let mut clients = Vec::with_capacity(config.upstreams.len());
         let mut errors = Vec::new();
         for u in &config.upstreams {

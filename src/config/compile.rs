@@ -1068,11 +1068,17 @@ fn compile_credential(
         v.set_sensitive(true);
         Ok(v)
     };
-    let kinds =
-        [c.header.is_some(), c.basic.is_some(), c.query.is_some(), c.headers.is_some()].iter().filter(|k| **k).count();
+    let kinds = [c.header.is_some(), c.basic.is_some(), c.query.is_some(), c.headers.is_some(), c.oauth2.is_some()]
+        .iter()
+        .filter(|k| **k)
+        .count();
     let line = c.id.as_ref().map(|i| i.line).or(c.header.as_ref().map(|h| h.line)).or(c.query.as_ref().map(|q| q.line));
     if kinds != 1 {
-        e.push_line(line, key, "set exactly one of `header` (+ `value`), `basic`, `query` (+ `value`) or `headers`");
+        e.push_line(
+            line,
+            key,
+            "set exactly one of `header` (+ `value`), `basic`, `query` (+ `value`), `headers` or `oauth2`",
+        );
         return None;
     }
     let injection = if let Some(h) = &c.header {
@@ -1100,6 +1106,75 @@ fn compile_credential(
             .map_err(|m| e.push(&b.password, &format!("{key}.basic"), m))
             .ok()?;
         Injection::Headers(vec![(http::header::AUTHORIZATION, v)])
+    } else if let Some(o) = &c.oauth2 {
+        use crate::credentials::oauth2::{ClientAuth, OAuth2Settings, OnOutage, TokenSource};
+        let k = format!("{key}.oauth2");
+        let token_url = match o.token_url.value.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("https") | Some("http")) && u.authority().is_some() => u,
+            _ => {
+                e.push(
+                    &o.token_url,
+                    &format!("{k}.token_url"),
+                    format!("`{}` must be an https URL", o.token_url.value),
+                );
+                return None;
+            }
+        };
+        let client_id = match SecretRef::parse(&o.client_id.value) {
+            SecretRef::Inline(v) => v,
+            _ => secret(dir, &o.client_id, &format!("{k}.client_id"), dev_fixture, side, e)?,
+        };
+        let client_secret = secret(dir, &o.client_secret, &format!("{k}.client_secret"), dev_fixture, side, e)?;
+        let client_auth = match o.client_auth.as_ref().map(|a| (a, a.value.as_str())) {
+            None | Some((_, "basic")) => ClientAuth::Basic,
+            Some((_, "body")) => ClientAuth::Body,
+            Some((a, other)) => {
+                e.push(a, &format!("{k}.client_auth"), format!("`{other}`: use `basic` or `body`"));
+                ClientAuth::Basic
+            }
+        };
+        let grace = e.duration(&o.use_expired_for, &format!("{k}.use_expired_for"), Duration::from_secs(300));
+        let on_outage = match o.on_outage.as_ref().map(|a| (a, a.value.as_str())) {
+            None | Some((_, "fail_closed")) => OnOutage::FailClosed,
+            Some((_, "use_expired")) => OnOutage::UseExpired(grace),
+            Some((a, other)) => {
+                e.push(a, &format!("{k}.on_outage"), format!("`{other}`: use `fail_closed` or `use_expired`"));
+                OnOutage::FailClosed
+            }
+        };
+        let mut params = o.params.clone();
+        if let Some(a) = &o.audience {
+            params.insert("audience".to_owned(), a.clone());
+        }
+        if let Some(r) = &o.resource {
+            params.insert("resource".to_owned(), r.clone());
+        }
+        let mut ca_certs = Vec::new();
+        if let Some(ca) = &o.ca {
+            match tls::read_certs(&side.file(dir, &ca.value)) {
+                Ok(c) => ca_certs = c,
+                Err(m) => e.push(ca, &format!("{k}.ca"), m),
+            }
+        }
+        let settings = OAuth2Settings {
+            token_url,
+            client_id,
+            client_secret,
+            scopes: o.scopes.clone(),
+            params,
+            client_auth,
+            refresh_before: e.duration(&o.refresh_before, &format!("{k}.refresh_before"), Duration::from_secs(60)),
+            on_outage,
+            ca_certs,
+        };
+        let id = c.id.as_ref().map(|i| i.value.clone()).unwrap_or_else(|| upstream_id.to_owned());
+        match TokenSource::new(id, settings) {
+            Ok(t) => Injection::OAuth2(std::sync::Arc::new(t)),
+            Err(m) => {
+                e.push(&o.token_url, &k, m);
+                return None;
+            }
+        }
     } else if let Some(q) = &c.query {
         let Some(v) = &c.value else {
             e.push(q, &format!("{key}.value"), "`query` needs `value` (a secret reference)");

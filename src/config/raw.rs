@@ -426,12 +426,46 @@ pub struct RawCredential {
     pub query: Option<Sp<String>>,
     /// Several headers at once (vendors wanting a key id and a secret): name → secret reference.
     pub headers: Option<std::collections::BTreeMap<String, Sp<String>>>,
+    /// OAuth2 client credentials: the gateway mints, caches and refreshes the bearer token.
+    pub oauth2: Option<RawOAuth2>,
     /// With several `credentials`: the callers that use this one.
     #[serde(default)]
     pub callers: Vec<Sp<String>>,
     /// With several `credentials`: used by callers not listed anywhere. Default false.
     #[serde(default)]
     pub default: bool,
+}
+
+/// OAuth2 client-credentials settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawOAuth2 {
+    /// Token endpoint, e.g. `https://api.crowdstrike.com/oauth2/token`.
+    pub token_url: Sp<String>,
+    /// Client id (literal, or a secret reference).
+    pub client_id: Sp<String>,
+    /// Client secret: a secret reference.
+    pub client_secret: Sp<String>,
+    /// Scopes (sent space-separated).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `audience` parameter (Auth0, Okta custom authorization servers).
+    pub audience: Option<String>,
+    /// `resource` parameter (Azure AD v1, RFC 8707).
+    pub resource: Option<String>,
+    /// Extra form parameters (e.g. CrowdStrike `member_cid`).
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+    /// `basic` (default) or `body`: how the client authenticates at the token endpoint.
+    pub client_auth: Option<Sp<String>>,
+    /// Refresh this long before the token expires. Default `60s`.
+    pub refresh_before: Option<Sp<DurationText>>,
+    /// `fail_closed` (default) or `use_expired` when the token expired and no new one can be had.
+    pub on_outage: Option<Sp<String>>,
+    /// With `on_outage: use_expired`: for how long past expiry. Default `5m`.
+    pub use_expired_for: Option<Sp<DurationText>>,
+    /// Extra CA bundle for the token endpoint.
+    pub ca: Option<Sp<String>>,
 }
 
 /// HTTP Basic credential.

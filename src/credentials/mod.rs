@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 
+pub mod oauth2;
+
 /// A secret value. Its `Debug` and `Display` print `[redacted]`; read it with [`Secret::expose`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<str>);
@@ -104,6 +106,8 @@ pub enum Injection {
         /// Encoded value.
         value: Secret,
     },
+    /// `Authorization: Bearer` with an OAuth2 client-credentials token.
+    OAuth2(Arc<oauth2::TokenSource>),
 }
 
 /// A credential of an upstream: what is injected, and which callers use it.
@@ -141,6 +145,7 @@ impl Credential {
                 format!("header {}", names.join(" + "))
             }
             Injection::Query { param, .. } => format!("query parameter {param}"),
+            Injection::OAuth2(t) => format!("oauth2 client credentials from {}", t.settings.token_url),
         }
     }
 
@@ -149,6 +154,7 @@ impl Credential {
         match &self.injection {
             Injection::Headers(h) => h.iter().map(|(n, _)| n.clone()).collect(),
             Injection::Query { .. } => Vec::new(),
+            Injection::OAuth2(_) => vec![http::header::AUTHORIZATION],
         }
     }
 }

@@ -263,6 +263,7 @@ async fn forward(
                     h.insert(n.clone(), v.clone());
                 }
             }
+            Injection::OAuth2(_) => {} // the token is added just before sending
             Injection::Query { param, value } => {
                 let q = crate::credentials::inject_query(parts.uri.query(), param, value.expose());
                 let pq = format!("{}?{q}", parts.uri.path());
@@ -277,64 +278,53 @@ async fn forward(
         }
         record.facts.credential = Some(c.id_shared.clone());
     }
-    // W3C trace context to the upstream: the client span's, or the caller's (kept), or a new one.
-    let client_span = match (&conn.telemetry.tracing, &record.span) {
-        (Some(t), Some(server)) => Some(t.client_span(server, &parts.method, &mut parts.headers)),
-        _ => {
-            if !parts.headers.contains_key(TRACEPARENT) {
-                let tp = format!("00-{}-{:016x}-00", record.trace_id, fastrand::u64(1..));
-                if let Ok(v) = HeaderValue::from_str(&tp) {
-                    parts.headers.insert(TRACEPARENT, v);
-                }
-            }
-            None
+    // Without trace export: the caller's traceparent passes on, or a new one carries our trace id.
+    if conn.telemetry.tracing.is_none() && !parts.headers.contains_key(TRACEPARENT) {
+        let tp = format!("00-{}-{:016x}-00", record.trace_id, fastrand::u64(1..));
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            parts.headers.insert(TRACEPARENT, v);
         }
-    };
-    let attempt_method = parts.method.clone();
-    let upstream_host = ep.authority.host().to_owned();
+    }
     parts.version = Version::HTTP_11; // the pool picks the wire version
     if let Some(c) = caller {
         parts.extensions.insert(c); // typed request fact for later stages (policy, audit)
     }
+    // An OAuth2 token is fetched (or minted, once for all waiters) now; a request that can be sent
+    // again (idempotent, no body) keeps a copy of its head for one retry after an upstream 401.
+    let token_source = credential.and_then(|c| match &c.injection {
+        Injection::OAuth2(t) => Some(t.clone()),
+        _ => None,
+    });
+    let mut sent_token = None;
+    if let Some(t) = &token_source {
+        let v = t.header().await.map_err(|e| GatewayError::CredentialUnavailable(e.0))?;
+        parts.headers.insert(http::header::AUTHORIZATION, v.clone());
+        sent_token = Some(v);
+    }
+    let replayable = token_source.is_some()
+        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT)
+        && http_body::Body::is_end_stream(&incoming);
+    let retry_head = replayable.then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
     let body = RequestBody::new(incoming, route.max_body);
     record.facts.bytes_in = Some(body.counter());
-    let out = Request::from_parts(parts, body);
-    // 13. Send, bounded by the route's deadline to the response head; the attempt is timed and,
+    // 13. Send, bounded by the route's deadline to the response head; each attempt is timed and,
     //     with trace export on, is a client span.
-    let attempt = tokio::time::Instant::now();
-    let sent = tokio::time::timeout(route.timeout, client.send(out)).await;
-    let outcome = match &sent {
-        Ok(Ok(r)) => Ok(r.status().as_u16()),
-        Ok(Err(_)) => Err("upstream_error"),
-        Err(_) => Err("timeout"),
-    };
-    let m = &conn.telemetry.metrics;
-    let outcome_label = if outcome.is_ok() { m.labels.ok.clone() } else { m.labels.error.clone() };
-    m.upstream_duration
-        .get_or_create(&crate::telemetry::metrics::UpstreamLabels {
-            upstream: crate::telemetry::metrics::Label(upstream.id_shared.clone()),
-            outcome: outcome_label,
-        })
-        .observe(attempt.elapsed().as_secs_f64());
-    if let Some(cx) = client_span.filter(|cx| {
-        use opentelemetry::trace::TraceContextExt as _;
-        cx.span().is_recording() || {
-            cx.span().end();
-            false
+    let mut sent = attempt(conn, record, client, upstream, ep, route, Request::from_parts(parts, body)).await;
+    if let (Some(t), Some(token), Ok(Ok(res))) = (&token_source, &sent_token, &sent) {
+        if res.status() == StatusCode::UNAUTHORIZED {
+            // The vendor refused the token: forget it, mint a new one, and send once more if safe.
+            t.purge(token);
+            if let Some((method, uri, mut headers)) = retry_head {
+                let v = t.header().await.map_err(|e| GatewayError::CredentialUnavailable(e.0))?;
+                headers.insert(http::header::AUTHORIZATION, v);
+                let mut again = Request::new(RequestBody::empty());
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                record.facts.retries += 1;
+                sent = attempt(conn, record, client, upstream, ep, route, again).await;
+            }
         }
-    }) {
-        use opentelemetry::KeyValue;
-        let mut a = vec![
-            KeyValue::new("http.request.method", attempt_method.as_str().to_owned()),
-            KeyValue::new("server.address", upstream_host),
-            KeyValue::new("interlock.upstream", upstream.id.clone()),
-        ];
-        match outcome {
-            Ok(status) => a.push(KeyValue::new("http.response.status_code", i64::from(status))),
-            Err(e) => a.push(KeyValue::new("error.type", e)),
-        }
-        let failed = !matches!(outcome, Ok(s) if s < 500);
-        crate::telemetry::otel::end(&cx, a, failed);
     }
     let res = match sent {
         Err(_) => return Err(GatewayError::RequestTimeout(route.timeout)),
@@ -359,6 +349,65 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+}
+
+type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, tokio::time::error::Elapsed>;
+
+/// One upstream attempt: the client span (with trace export on, injecting its `traceparent`),
+/// the deadline, and the attempt's duration metric.
+async fn attempt(
+    conn: &ConnInfo,
+    record: &RequestRecord,
+    client: &crate::upstream::UpstreamClient,
+    upstream: &crate::config::Upstream,
+    ep: &crate::config::Endpoint,
+    route: &crate::config::Route,
+    mut out: Request<RequestBody>,
+) -> Sent {
+    let client_span = match (&conn.telemetry.tracing, &record.span) {
+        (Some(t), Some(server)) => {
+            let method = out.method().clone();
+            Some(t.client_span(server, &method, out.headers_mut()))
+        }
+        _ => None,
+    };
+    let method = out.method().clone();
+    let started = tokio::time::Instant::now();
+    let sent = tokio::time::timeout(route.timeout, client.send(out)).await;
+    let outcome = match &sent {
+        Ok(Ok(r)) => Ok(r.status().as_u16()),
+        Ok(Err(_)) => Err("upstream_error"),
+        Err(_) => Err("timeout"),
+    };
+    let m = &conn.telemetry.metrics;
+    let outcome_label = if outcome.is_ok() { m.labels.ok.clone() } else { m.labels.error.clone() };
+    m.upstream_duration
+        .get_or_create(&crate::telemetry::metrics::UpstreamLabels {
+            upstream: crate::telemetry::metrics::Label(upstream.id_shared.clone()),
+            outcome: outcome_label,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(cx) = client_span.filter(|cx| {
+        use opentelemetry::trace::TraceContextExt as _;
+        cx.span().is_recording() || {
+            cx.span().end();
+            false
+        }
+    }) {
+        use opentelemetry::KeyValue;
+        let mut a = vec![
+            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new("server.address", ep.authority.host().to_owned()),
+            KeyValue::new("interlock.upstream", upstream.id.clone()),
+        ];
+        match outcome {
+            Ok(status) => a.push(KeyValue::new("http.response.status_code", i64::from(status))),
+            Err(e) => a.push(KeyValue::new("error.type", e)),
+        }
+        let failed = !matches!(outcome, Ok(s) if s < 500);
+        crate::telemetry::otel::end(&cx, a, failed);
+    }
+    sent
 }
 
 /// The path sent upstream: the endpoint's base path, then the route's rewrite (or the normalised

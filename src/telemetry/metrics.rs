@@ -106,6 +106,15 @@ pub struct ProblemLabels {
     pub r#type: String,
 }
 
+/// Labels of a token request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// Credential id.
+    pub credential: String,
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
 /// Labels with only a route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteOnly {
@@ -153,6 +162,8 @@ pub struct Metrics {
     pub generation: Gauge,
     /// JWKS fetches.
     pub jwks_fetches: Family<IssuerLabels, Counter>,
+    /// OAuth2 token requests.
+    pub token_requests: Family<CredentialLabels, Counter>,
     /// Request bytes received.
     pub bytes_in: Counter,
     /// Response bytes sent.
@@ -202,6 +213,8 @@ impl Metrics {
         registry.register("config_generation", "Generation of the config being served", generation.clone());
         let jwks_fetches = Family::<IssuerLabels, Counter>::default();
         registry.register("jwks_fetches", "JWKS fetches by issuer and result", jwks_fetches.clone());
+        let token_requests = Family::<CredentialLabels, Counter>::default();
+        registry.register("token_requests", "OAuth2 token requests by credential and result", token_requests.clone());
         let bytes_in = Counter::default();
         registry.register("request_bytes", "Request body bytes received", bytes_in.clone());
         let bytes_out = Counter::default();
@@ -220,6 +233,7 @@ impl Metrics {
             reloads,
             generation,
             jwks_fetches,
+            token_requests,
             bytes_in,
             bytes_out,
             audit,

@@ -6,6 +6,7 @@ mod demo;
 mod jwt;
 mod lifecycle;
 mod limits;
+mod oauth2;
 mod observability;
 mod policy;
 mod proxy;
