@@ -41,12 +41,12 @@ fn spawn_run(dir: &std::path::Path) -> (KillOnDrop, SocketAddr, SocketAddr, std:
     (KillOnDrop(child), listen.unwrap(), admin.unwrap(), rx)
 }
 
-fn signal(child: &KillOnDrop, sig: &str) {
+pub(crate) fn signal(child: &KillOnDrop, sig: &str) {
     let ok = Command::new("kill").args([sig, &child.0.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig} failed");
 }
 
-fn wait_exit(child: &mut KillOnDrop, within: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut KillOnDrop, within: Duration) -> std::process::ExitStatus {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(s) = child.0.try_wait().unwrap() {

@@ -6,6 +6,7 @@ mod demo;
 mod jwt;
 mod lifecycle;
 mod limits;
+mod no_secrets;
 mod oauth2;
 mod observability;
 mod policy;
@@ -16,3 +17,5 @@ mod support;
 mod tls_listener;
 mod traces;
 mod upstream_tls;
+
+pub(crate) use lifecycle::{signal as lifecycle_signal, wait_exit as lifecycle_wait};
