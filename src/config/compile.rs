@@ -50,10 +50,14 @@ impl Side {
     /// Resolves a path from config against the policies directory, remembering files outside it.
     fn file(&mut self, dir: &Path, rel: &str) -> PathBuf {
         let p = dir.join(rel);
-        if !p.starts_with(dir) && !self.external_files.contains(&p) {
-            self.external_files.push(p.clone());
-        }
+        self.watch(dir, p.clone());
         p
+    }
+    /// Remembers a file the watcher must follow when it is outside the policies directory.
+    fn watch(&mut self, dir: &Path, p: PathBuf) {
+        if !p.starts_with(dir) && !self.external_files.contains(&p) {
+            self.external_files.push(p);
+        }
     }
 }
 
@@ -422,8 +426,12 @@ fn compile_gateway(dir: &Path, file: &Path, raw: RawGateway, side: &mut Side, ou
     let admin_token = raw.admin.as_ref().and_then(|a| a.token.as_ref()).and_then(|t| {
         let r = SecretRef::parse(&t.value);
         if matches!(r, SecretRef::Inline(_)) {
-            e.push(t, "admin.token", "inline secret: write `env:NAME` or `file:path`");
+            let m = r.unknown_scheme().unwrap_or_else(|| "inline secret: write `env:NAME` or `file:path`".to_owned());
+            e.push(t, "admin.token", m);
             return None;
+        }
+        if let Some(p) = r.watch_path(dir) {
+            side.watch(dir, p);
         }
         r.resolve(dir).map_err(|m| e.push(t, "admin.token", m)).ok()
     });
@@ -543,11 +551,10 @@ fn compile_telemetry(
         for (k, v) in &tr.headers {
             let r = SecretRef::parse(&v.value);
             if matches!(r, SecretRef::Inline(_)) {
-                e.push(
-                    v,
-                    &format!("telemetry.tracing.headers.{k}"),
-                    "header values are secrets: write `env:NAME` or `file:path`",
-                );
+                let m = r
+                    .unknown_scheme()
+                    .unwrap_or_else(|| "header values are secrets: write `env:NAME` or `file:path`".to_owned());
+                e.push(v, &format!("telemetry.tracing.headers.{k}"), m);
                 continue;
             }
             match r.resolve(dir) {
@@ -1034,6 +1041,10 @@ fn secret(
     e: &mut Errs<'_>,
 ) -> Option<crate::credentials::Secret> {
     let r = SecretRef::parse(&v.value);
+    if let Some(m) = r.unknown_scheme() {
+        e.push(v, key, m);
+        return None;
+    }
     if matches!(r, SecretRef::Inline(_)) && !dev_fixture {
         e.push(
             v,
@@ -1042,9 +1053,9 @@ fn secret(
         );
         return None;
     }
-    if let SecretRef::File(path) = &r {
+    if let Some(p) = r.watch_path(dir) {
         // Rotation is a file write: the file is watched even outside the policies directory.
-        side.file(dir, path);
+        side.watch(dir, p);
     }
     r.resolve(dir).map_err(|m| e.push(v, key, m)).ok()
 }

@@ -1,17 +1,20 @@
 //! Secrets by reference and the credential the gateway injects upstream.
 //!
-//! The compiler resolves a reference (`env:NAME`, `file:path`) into a [`Secret`] once per config
-//! snapshot; the proxy only ever sees the resolved header. A [`Secret`] prints `[redacted]` in every
-//! `Debug`/`Display`, and injected header values are marked sensitive so HTTP/2 never indexes them.
-//! Nothing in this module logs.
+//! The compiler resolves a reference (`env:NAME`, `file:path`, or any installed [`SecretSource`])
+//! into a [`Secret`] once per config snapshot; the proxy only ever sees the resolved header. A
+//! [`Secret`] prints `[redacted]` in every `Debug`/`Display`, and injected header values are marked
+//! sensitive so HTTP/2 never indexes them. Nothing in this module logs.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 
 pub mod oauth2;
+pub mod source;
+
+pub use source::{SecretSource, SecretSources};
 
 /// A secret value. Its `Debug` and `Display` print `[redacted]`; read it with [`Secret::expose`].
 #[derive(Clone, PartialEq, Eq)]
@@ -44,51 +47,68 @@ impl fmt::Display for Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SecretRef {
-    /// `env:NAME`: an environment variable of the gateway process.
-    Env(String),
-    /// `file:path`: a file (relative paths are relative to the policies directory); one trailing
-    /// newline is removed.
-    File(String),
+    /// `scheme:reference` for an installed [`SecretSource`] (`env:NAME`, `file:path`, ...).
+    Sourced {
+        /// The source's scheme.
+        scheme: String,
+        /// The text after the colon.
+        reference: String,
+    },
     /// A literal value: allowed only in files marked `dev_fixture: true`.
     Inline(Secret),
 }
 
 impl SecretRef {
-    /// Parses a reference; anything without a known scheme is an inline value.
+    /// Parses a reference against the installed sources; text without a known scheme is inline.
     pub fn parse(text: &str) -> SecretRef {
-        if let Some(name) = text.strip_prefix("env:") {
-            SecretRef::Env(name.to_owned())
-        } else if let Some(path) = text.strip_prefix("file:") {
-            SecretRef::File(path.to_owned())
-        } else {
-            SecretRef::Inline(Secret::new(text))
+        Self::parse_with(text, SecretSources::get())
+    }
+
+    /// Parses a reference against the given sources.
+    pub fn parse_with(text: &str, sources: &SecretSources) -> SecretRef {
+        if let Some((scheme, reference)) = text.split_once(':') {
+            if sources.find(scheme).is_some() {
+                return SecretRef::Sourced { scheme: scheme.to_owned(), reference: reference.to_owned() };
+            }
         }
+        SecretRef::Inline(Secret::new(text))
+    }
+
+    /// For an inline value that looks like `scheme:...` with an unknown scheme, a sentence saying so.
+    pub fn unknown_scheme(&self) -> Option<String> {
+        let SecretRef::Inline(s) = self else { return None };
+        let (scheme, _) = s.expose().split_once(':')?;
+        let plausible = !scheme.is_empty()
+            && scheme.len() <= 32
+            && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        plausible.then(|| {
+            format!("unknown secret source `{scheme}:` (installed sources: {})", SecretSources::get().schemes())
+        })
     }
 
     /// Reads the secret now. Errors are sentences that never contain the value.
-    pub fn resolve(&self, base_dir: &Path) -> Result<Secret, String> {
+    pub fn resolve(&self, policies_dir: &Path) -> Result<Secret, String> {
+        self.resolve_with(policies_dir, SecretSources::get())
+    }
+
+    /// Reads the secret now from the given sources.
+    pub fn resolve_with(&self, policies_dir: &Path, sources: &SecretSources) -> Result<Secret, String> {
         match self {
-            SecretRef::Env(name) => match std::env::var(name) {
-                Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
-                Ok(_) => Err(format!("environment variable `{name}` is empty")),
-                Err(_) => Err(format!("environment variable `{name}` is not set (or not UTF-8)")),
+            SecretRef::Sourced { scheme, reference } => match sources.find(scheme) {
+                Some(source) => source.resolve(reference, policies_dir),
+                None => Err(format!("unknown secret source `{scheme}:`")),
             },
-            SecretRef::File(path) => {
-                let p = base_dir.join(path);
-                match std::fs::read_to_string(&p) {
-                    Ok(v) => {
-                        let v = v.strip_suffix('\n').unwrap_or(&v);
-                        let v = v.strip_suffix('\r').unwrap_or(v);
-                        if v.is_empty() {
-                            Err(format!("secret file `{}` is empty", p.display()))
-                        } else {
-                            Ok(Secret::new(v))
-                        }
-                    }
-                    Err(e) => Err(format!("cannot read secret file `{}`: {e}", p.display())),
-                }
-            }
             SecretRef::Inline(s) => Ok(s.clone()),
+        }
+    }
+
+    /// The local file whose change means this secret changed, if any.
+    pub fn watch_path(&self, policies_dir: &Path) -> Option<PathBuf> {
+        match self {
+            SecretRef::Sourced { scheme, reference } => {
+                SecretSources::get().find(scheme)?.watch_path(reference, policies_dir)
+            }
+            SecretRef::Inline(_) => None,
         }
     }
 }
@@ -225,5 +245,35 @@ mod tests {
         let err = SecretRef::parse("file:missing").resolve(dir.path()).unwrap_err();
         assert!(err.contains("cannot read secret file"));
         assert!(SecretRef::parse("env:INTERLOCK_TEST_SURELY_UNSET").resolve(dir.path()).is_err());
+    }
+
+    /// A stand-in for a vault backend: secrets by path from an in-memory map.
+    struct MapSource(std::collections::HashMap<&'static str, &'static str>);
+
+    impl SecretSource for MapSource {
+        fn scheme(&self) -> &str {
+            "vault"
+        }
+        fn resolve(&self, reference: &str, _: &Path) -> Result<Secret, String> {
+            self.0.get(reference).map(|v| Secret::new(*v)).ok_or_else(|| format!("no secret at `{reference}`"))
+        }
+    }
+
+    #[test]
+    fn an_added_source_is_parsed_and_resolved_by_its_scheme() {
+        let sources = SecretSources::default().with(MapSource([("kv/edr", "s3cr3t")].into_iter().collect()));
+        let dir = Path::new("/nonexistent");
+        let r = SecretRef::parse_with("vault:kv/edr", &sources);
+        assert_eq!(r, SecretRef::Sourced { scheme: "vault".into(), reference: "kv/edr".into() });
+        assert_eq!(r.resolve_with(dir, &sources).unwrap().expose(), "s3cr3t");
+        let missing = SecretRef::parse_with("vault:kv/none", &sources).resolve_with(dir, &sources).unwrap_err();
+        assert_eq!(missing, "no secret at `kv/none`");
+        // Built-ins stay; the schemes list names all of them for error messages.
+        assert!(matches!(SecretRef::parse_with("env:X", &sources), SecretRef::Sourced { .. }));
+        assert_eq!(sources.schemes(), "`env:`, `file:`, `vault:`");
+        // Without the source, the same text is an inline value that is reported as an unknown scheme.
+        let plain = SecretRef::parse_with("vault:kv/edr", &SecretSources::default());
+        assert!(plain.unknown_scheme().unwrap().contains("unknown secret source `vault:`"));
+        assert_eq!(SecretRef::parse("Zm9vYmFy").unknown_scheme(), None);
     }
 }

@@ -139,11 +139,16 @@ fn credential_config_errors_are_located() {
         "",
         "credential:\n  basic: { username: u, password: plain-text }\n",
     );
+    p.upstream("w", "127.0.0.1:1".parse().unwrap(), "", "credential:\n  header: x-k\n  value: vault:kv/edr\n");
     p.write("routes/r.yaml", "- id: r\n  match:\n    path: /r\n  upstream: u\n  credential: missing\n");
     let errs = interlock::config::load(p.path()).unwrap_err();
     let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
     let has = |n: &str| shown.iter().any(|e| e.contains(n));
     assert!(has("u.yaml:4: credential: set exactly one of"), "{shown:#?}");
     assert!(has("v.yaml:4: credential.basic.password: inline secret"), "{shown:#?}");
+    assert!(
+        has("w.yaml:5: credential.value: unknown secret source `vault:` (installed sources: `env:`, `file:`)"),
+        "{shown:#?}"
+    );
     assert!(!shown.iter().any(|e| e.contains("plain-text")), "a secret in an error: {shown:#?}");
 }
