@@ -470,7 +470,7 @@ fn compile_telemetry(
                 Some("stderr") => LogTarget::Stderr,
                 Some(path) => LogTarget::File(side.file(dir, path)),
             };
-            const FIELDS: [&str; 19] = [
+            const FIELDS: [&str; 20] = [
                 "time",
                 "request_id",
                 "trace_id",
@@ -483,6 +483,7 @@ fn compile_telemetry(
                 "credential",
                 "decision",
                 "rule",
+                "shadow_deny",
                 "status",
                 "error",
                 "bytes_in",

@@ -176,11 +176,12 @@ async fn forward(
     };
     // 8b. May this caller make this call? (pure decision; deny by default, deny rules win)
     let decision = crate::policy::decide(&route.policy, caller.as_ref(), req.method(), &path);
-    if let Some(crate::policy::Decision::Deny(_)) =
+    if let Some(shadow @ crate::policy::Decision::Deny(_)) =
         crate::policy::shadow(&route.policy, caller.as_ref(), req.method(), &path)
     {
         if matches!(decision, crate::policy::Decision::Allow(_)) {
-            tracing::info!(request_id = %record.request_id, route = %route.id, caller = caller.as_ref().map(|c| &*c.id), "shadow policy would deny");
+            tracing::info!(request_id = %record.request_id, route = %route.id, caller = caller.as_ref().map(|c| &*c.id), rule = shadow.rule(), "shadow policy would deny");
+            record.facts.shadow_deny = Some(shadow.rule().to_owned());
             conn.telemetry
                 .metrics
                 .shadow_denials

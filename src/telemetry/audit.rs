@@ -51,6 +51,9 @@ pub struct AuditRecord {
     pub decision: Option<String>,
     /// What decided (a rule, or the refusal's problem type).
     pub rule: Option<String>,
+    /// The rule by which the route's shadow policy would have denied this served call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_deny: Option<String>,
     /// Response status (499: the client went away first).
     pub status: u16,
     /// Problem type for gateway-made errors.

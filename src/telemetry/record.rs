@@ -40,6 +40,8 @@ pub struct Facts {
     pub decision: Option<&'static str>,
     /// Deciding rule or refusal type.
     pub rule: Option<String>,
+    /// The shadow policy's denying rule, when it would deny a call that was allowed.
+    pub shadow_deny: Option<String>,
     /// Problem type of a gateway-made error.
     pub error: Option<&'static str>,
     /// Upstream attempts beyond the first.
@@ -235,6 +237,7 @@ impl RequestRecord {
             credential: f.credential.as_deref().map(str::to_owned),
             decision: f.decision.map(str::to_owned),
             rule: f.rule.clone(),
+            shadow_deny: f.shadow_deny.clone(),
             status: self.status,
             error: f.error.map(str::to_owned),
             bytes_in,

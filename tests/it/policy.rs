@@ -35,7 +35,7 @@ const ROUTES: &str = r#"
 "#;
 
 fn policies(up: std::net::SocketAddr) -> Policies {
-    let p = Policies::new("");
+    let p = Policies::new("telemetry:\n  access_log:\n    enabled: true\n    output: access.log\n");
     let mut callers = String::from("callers:\n");
     for (id, key, group) in KEYS {
         let hash: String = interlock::identity::apikey::digest(key).iter().map(|b| format!("{b:02x}")).collect();
@@ -102,6 +102,19 @@ async fn the_policy_matrix() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert_eq!(shadow, 1.0, "one siem call was served and would be denied by the shadow policy: {m}");
+    // ...and the access log line of that call names the shadow rule; no other line has one.
+    let log = gw.policies.path().join("access.log");
+    wait_until("access log lines", std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).map(|t| t.lines().count() >= cases.len() + 1).unwrap_or(false)
+    })
+    .await;
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let flagged: Vec<_> = lines.iter().filter(|l| l.get("shadow_deny").is_some()).collect();
+    assert_eq!(flagged.len(), 1, "{lines:#?}");
+    assert_eq!(flagged[0]["caller"], "siem");
+    assert_eq!(flagged[0]["decision"], "allow");
+    assert_eq!(flagged[0]["shadow_deny"], "default-deny");
 }
 
 #[test]
