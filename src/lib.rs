@@ -30,6 +30,7 @@ pub mod identity;
 pub mod listener;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;

@@ -40,6 +40,7 @@ pub struct CommonLabels {
     /// `error`.
     pub error: Label,
     classes: [Label; 5],
+    outcomes: Vec<Label>,
 }
 
 impl CommonLabels {
@@ -52,6 +53,15 @@ impl CommonLabels {
             ok: l("ok"),
             error: l("error"),
             classes: [l("1xx"), l("2xx"), l("3xx"), l("4xx"), l("5xx")],
+            outcomes: OUTCOMES.iter().map(|s| l(s)).collect(),
+        }
+    }
+
+    /// A shared label for one of the fixed outcome words (`admitted`, `queued`, `rejected`...).
+    pub fn outcome(&self, word: &str) -> Label {
+        match OUTCOMES.iter().position(|o| *o == word) {
+            Some(i) => self.outcomes[i].clone(),
+            None => Label(word.into()),
         }
     }
 
@@ -66,6 +76,47 @@ impl CommonLabels {
         };
         self.classes[i].clone()
     }
+}
+
+const OUTCOMES: &[&str] = &[
+    "admitted",
+    "queued",
+    "rejected",
+    "unavailable",
+    "local",
+    "reject",
+    "connect",
+    "reset",
+    "timeout",
+    "status",
+    "open",
+    "closed",
+    "half_open",
+];
+
+/// Labels of a rate-limit decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Limit id (`route:ID:caller`, `route:ID:total`, `upstream:ID`).
+    pub limit: Label,
+    /// `admitted`, `queued`, `rejected` or `unavailable`.
+    pub outcome: Label,
+}
+
+/// Labels of a shared-store failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// What happened instead: `local` (counted locally) or `reject` (503).
+    pub fallback: Label,
+}
+
+/// Labels of a vendor account.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    /// Upstream id.
+    pub upstream: Label,
+    /// Credential id.
+    pub credential: Label,
 }
 
 /// Labels of a finished request.
@@ -138,6 +189,23 @@ pub struct IssuerLabels {
     pub result: String,
 }
 
+/// The rate-limit metrics, cloned into the process-wide limiter (clones share the same series).
+#[derive(Debug, Clone)]
+pub struct RateLimitMetrics {
+    /// Decisions by limit and outcome.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Time queued requests waited.
+    pub queue_wait: Histogram,
+    /// Shared-store (Redis) failures, by the fallback taken.
+    pub backend_errors: Family<FallbackLabels, Counter>,
+    /// The vendor's last reported remaining quota per account.
+    pub vendor_remaining: Family<AccountLabels, Gauge>,
+    /// Pauses imposed on vendor accounts by the vendor's signals.
+    pub vendor_pauses: Family<AccountLabels, Counter>,
+    /// Shared label values.
+    pub labels: Arc<CommonLabels>,
+}
+
 /// All metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -164,6 +232,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<IssuerLabels, Counter>,
     /// OAuth2 token requests.
     pub token_requests: Family<CredentialLabels, Counter>,
+    /// Rate limits and vendor quotas (handles shared with the limiter).
+    pub ratelimit: RateLimitMetrics,
     /// Request bytes received.
     pub bytes_in: Counter,
     /// Response bytes sent.
@@ -215,6 +285,36 @@ impl Metrics {
         registry.register("jwks_fetches", "JWKS fetches by issuer and result", jwks_fetches.clone());
         let token_requests = Family::<CredentialLabels, Counter>::default();
         registry.register("token_requests", "OAuth2 token requests by credential and result", token_requests.clone());
+        let ratelimit_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by limit and outcome (admitted, queued, rejected, unavailable)",
+            ratelimit_decisions.clone(),
+        );
+        let ratelimit_queue_wait = duration_histogram();
+        registry.register(
+            "ratelimit_queue_wait_seconds",
+            "Time queued requests waited for their rate limit",
+            ratelimit_queue_wait.clone(),
+        );
+        let ratelimit_backend_errors = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "ratelimit_backend_errors",
+            "Shared rate-limit store (Redis) failures, by fallback (local or reject)",
+            ratelimit_backend_errors.clone(),
+        );
+        let vendor_quota_remaining = Family::<AccountLabels, Gauge>::default();
+        registry.register(
+            "vendor_quota_remaining",
+            "Remaining quota the vendor last reported, per upstream and credential",
+            vendor_quota_remaining.clone(),
+        );
+        let vendor_quota_pauses = Family::<AccountLabels, Counter>::default();
+        registry.register(
+            "vendor_quota_pauses",
+            "Times a vendor account was paused on the vendor's rate-limit signal",
+            vendor_quota_pauses.clone(),
+        );
         let bytes_in = Counter::default();
         registry.register("request_bytes", "Request body bytes received", bytes_in.clone());
         let bytes_out = Counter::default();
@@ -234,6 +334,14 @@ impl Metrics {
             generation,
             jwks_fetches,
             token_requests,
+            ratelimit: RateLimitMetrics {
+                decisions: ratelimit_decisions,
+                queue_wait: ratelimit_queue_wait,
+                backend_errors: ratelimit_backend_errors,
+                vendor_remaining: vendor_quota_remaining,
+                vendor_pauses: vendor_quota_pauses,
+                labels: Arc::new(CommonLabels::new()),
+            },
             bytes_in,
             bytes_out,
             audit,
