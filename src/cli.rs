@@ -340,11 +340,25 @@ pub fn explain(
     if let Some(s) = crate::policy::shadow(&route.policy, caller.as_ref(), &method, &path) {
         let _ = writeln!(out, "shadow:     {s} (reported only, never enforced)");
     }
+    let upstream = &config.upstreams[route.upstream];
+    let mut rates: Vec<String> = route.rate_limits.iter().map(|l| l.describe()).collect();
+    if let Some(q) = &upstream.quota {
+        let mut d = q.limit.describe();
+        if q.dialect != crate::ratelimit::vendor::Dialect::None {
+            d.push_str(&format!(", paced by `{}` headers", q.dialect.name()));
+        }
+        rates.push(d);
+    }
     let _ = writeln!(
         out,
-        "limits:     timeout {}, max body {}; no rate limits configured",
+        "limits:     timeout {}, max body {}; {}",
         units::format_duration(route.timeout),
-        units::format_size(route.max_body)
+        units::format_size(route.max_body),
+        if rates.is_empty() {
+            "no rate limits configured".to_owned()
+        } else {
+            format!("rate limits: {}", rates.join("; "))
+        }
     );
     let allowed = !needs_identity && matches!(decision, crate::policy::Decision::Allow(_));
     (if allowed { 0 } else { 3 }, out)

@@ -127,6 +127,9 @@ pub enum GatewayError {
         /// `caller `x``.
         caller: String,
     },
+    /// A rate limit or vendor quota refused the call.
+    #[error("rate limited by {} limit {}", .0.name, .0.limit)]
+    RateLimited(Box<crate::ratelimit::Refused>),
     /// The route must be audited and the audit trail cannot be written.
     #[error("audit trail unavailable for route {route}")]
     AuditUnavailable {
@@ -271,6 +274,41 @@ impl GatewayError {
                 "No vendor credential for this caller",
                 format!("Upstream `{upstream}` holds one credential per vendor account, and none is assigned to {caller}. Ask the platform team to assign one."),
             ),
+            E::RateLimited(r) => {
+                use crate::ratelimit::RefusedKind as K;
+                let secs = retry_secs(r.retry_after);
+                let whose = match r.name {
+                    "caller" => "your per-caller limit on this route",
+                    "route" => "this route's total limit",
+                    _ => "the vendor account's quota",
+                };
+                match r.kind {
+                    K::Limited => p(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate-limited",
+                        "Rate limit exceeded",
+                        format!("This call exceeds {whose} ({}). Retry after {secs} s (Retry-After); the RateLimit headers show the allowance.", r.windows),
+                    ),
+                    K::QueueFull => p(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate-limit-queue-full",
+                        "Rate limit queue full",
+                        format!("This call exceeds {whose} ({}) and too many calls are already waiting for it. Retry after {secs} s (Retry-After), or send fewer calls at once.", r.windows),
+                    ),
+                    K::VendorPaused => p(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "vendor-quota-exhausted",
+                        "Vendor quota exhausted",
+                        format!("The vendor reported this account's quota as used up; calls are held for every tool until it resets. Retry after {secs} s (Retry-After)."),
+                    ),
+                    K::Unavailable => p(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "rate-limit-unavailable",
+                        "Rate limit store unavailable",
+                        "The shared rate-limit store cannot be reached and this limit is configured to refuse calls meanwhile. Retry shortly; the platform team is alerted by the rate-limit metrics.".to_owned(),
+                    ),
+                }
+            }
             E::AuditUnavailable { route } => p(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit-unavailable",
@@ -422,6 +460,11 @@ pub fn new_trace_id() -> String {
     format!("{:032x}", fastrand::u128(1..))
 }
 
+/// Whole seconds to wait, rounded up, at least 1 (a `Retry-After` of 0 invites a busy loop).
+pub fn retry_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 /// The rescue: renders `err` and adds the headers its status calls for (`Allow`, `Retry-After`).
 pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<Bytes> {
     let problem = err.problem();
@@ -435,6 +478,12 @@ pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<
         }
         GatewayError::ShuttingDown | GatewayError::AuditUnavailable { .. } | GatewayError::CredentialUnavailable(_) => {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        GatewayError::RateLimited(r) => {
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs(r.retry_after)));
+            for (n, v) in &r.headers {
+                res.headers_mut().append(n.clone(), v.clone());
+            }
         }
         GatewayError::Unauthenticated { challenge: Some(c), .. }
         | GatewayError::Identity { challenge: Some(c), .. } => {

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub clients: Vec<Arc<UpstreamClient>>,
     /// JWKS caches, one per issuer (kept across reloads while an issuer is unchanged).
     pub identity: Arc<IdentityRuntime>,
+    /// Rate-limit and vendor-quota state: one per process, carried from snapshot to snapshot.
+    pub limiter: Arc<crate::ratelimit::Limiter>,
 }
 
 impl Snapshot {
@@ -74,6 +76,11 @@ impl Snapshot {
                 return Err(errors);
             }
         };
-        Ok(Snapshot { generation, loaded_at: SystemTime::now(), config, clients, identity })
+        let limiter = previous.map_or_else(
+            || Arc::new(crate::ratelimit::Limiter::new(Some(telemetry.metrics.ratelimit.clone()))),
+            |p| p.limiter.clone(),
+        );
+        limiter.set_shared(config.gateway.cluster_redis.as_ref());
+        Ok(Snapshot { generation, loaded_at: SystemTime::now(), config, clients, identity, limiter })
     }
 }

@@ -25,6 +25,7 @@ fn route_view(c: &Config, r: &Route) -> Value {
         "upgrade": r.upgrade,
         "timeout": format_duration(r.timeout),
         "max_body": format_size(r.max_body),
+        "rate_limits": r.rate_limits.iter().map(|l| l.describe()).collect::<Vec<_>>(),
     })
 }
 
@@ -45,6 +46,13 @@ fn upstream_view(u: &Upstream) -> Value {
             "default": c.default,
         })).collect::<Vec<_>>(),
         "strip_headers": u.strip_headers.iter().map(|h| h.as_str().to_owned()).collect::<Vec<_>>(),
+        "quota": u.quota.as_ref().map(|q| json!({
+            "limit": q.limit.describe(),
+            "headers": q.dialect.name(),
+            "reserve": q.reserve,
+            "pause_without_reset": format_duration(q.pause_without_reset),
+            "max_pause": format_duration(q.max_pause),
+        })),
         "tls": {
             "extra_ca_certificates": t.ca_certs.len(),
             "system_roots": t.system_roots,
@@ -64,7 +72,18 @@ pub fn routes(s: &Snapshot) -> Value {
 /// `GET /upstreams`: endpoints and live figures (health checks, circuits and quotas are reported
 /// here once they exist).
 pub fn upstreams(s: &Snapshot) -> Value {
-    let list: Vec<Value> = s.config.upstreams.iter().map(upstream_view).collect();
+    let list: Vec<Value> = s
+        .config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let mut v = upstream_view(u);
+            if u.quota.is_some() {
+                v["accounts"] = json!(s.limiter.accounts(&u.id));
+            }
+            v
+        })
+        .collect();
     json!({"generation": s.generation, "upstreams": list})
 }
 
@@ -100,6 +119,15 @@ pub fn config(s: &Snapshot) -> Value {
             "forwarded": {"trusted_proxies": g.trusted_proxies.len()},
             "request_id": {"header": g.request_id_header.as_str(), "trust_incoming": g.trust_incoming_request_id},
             "shutdown": {"grace": format_duration(g.shutdown_grace)},
+            "cluster": g.cluster_redis.as_ref().map(|r| json!({
+                "redis": {
+                    "url": r.url,
+                    "password": r.password.as_ref().map(|_| "[redacted]"),
+                    "key_prefix": r.key_prefix,
+                    "timeout": format_duration(r.timeout),
+                    "on_unavailable": if r.fail_open { "local" } else { "reject" },
+                }
+            })),
             "telemetry": {
                 "access_log": g.telemetry.access_log.is_some(),
                 "audit_file": g.telemetry.audit.file.as_ref().map(|f| f.display().to_string()),

@@ -435,7 +435,10 @@ fn compile_gateway(dir: &Path, file: &Path, raw: RawGateway, side: &mut Side, ou
         }
         r.resolve(dir).map_err(|m| e.push(t, "admin.token", m)).ok()
     });
+    let cluster_redis =
+        raw.cluster.as_ref().and_then(|c| c.redis.as_ref()).map(|r| compile_redis(dir, r, side, &mut e));
     Gateway {
+        cluster_redis: cluster_redis.flatten(),
         telemetry,
         admin_token,
         listeners,
@@ -450,6 +453,148 @@ fn compile_gateway(dir: &Path, file: &Path, raw: RawGateway, side: &mut Side, ou
         worker_threads,
         watch,
         watch_debounce,
+    }
+}
+
+fn compile_redis(
+    dir: &Path,
+    r: &super::raw::RawRedis,
+    side: &mut Side,
+    e: &mut Errs<'_>,
+) -> Option<crate::ratelimit::shared::Settings> {
+    let url = r.url.value.trim().to_owned();
+    let mut ok = true;
+    match url.parse::<Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("redis" | "rediss")) && u.host().is_some() => {
+            if u.authority().is_some_and(|a| a.as_str().contains('@')) {
+                e.push(&r.url, "cluster.redis.url", "credentials in the URL: put the password in `password: env:NAME`");
+                ok = false;
+            }
+        }
+        _ => {
+            e.push(&r.url, "cluster.redis.url", format!("`{url}` is not a URL like `redis://127.0.0.1:6379/0`"));
+            ok = false;
+        }
+    }
+    let password = r.password.as_ref().map(|p| secret(dir, p, "cluster.redis.password", false, side, e));
+    let fail_open = match r.on_unavailable.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "local")) => true,
+        Some((_, "reject")) => false,
+        Some((v, other)) => {
+            e.push(v, "cluster.redis.on_unavailable", format!("`{other}`: use `local` or `reject`"));
+            true
+        }
+    };
+    let timeout = e.duration(&r.timeout, "cluster.redis.timeout", Duration::from_millis(100));
+    if timeout.is_zero() {
+        e.push_line(r.timeout.as_ref().map(|t| t.line), "cluster.redis.timeout", "must be greater than zero");
+    }
+    let key_prefix = r.key_prefix.as_ref().map_or_else(|| "interlock".to_owned(), |k| k.value.clone());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        e.push_line(
+            r.key_prefix.as_ref().map(|k| k.line),
+            "cluster.redis.key_prefix",
+            "must be non-empty, without braces or spaces",
+        );
+    }
+    let password = match password {
+        Some(None) => return None,
+        Some(Some(p)) => Some(p),
+        None => None,
+    };
+    ok.then_some(crate::ratelimit::shared::Settings { url, password, key_prefix, timeout, fail_open })
+}
+
+/// `4/1m` or `{limit, per, burst}` windows.
+fn compile_windows(list: &[Sp<super::raw::RawWindow>], key: &str, e: &mut Errs<'_>) -> Vec<crate::ratelimit::Window> {
+    use super::raw::RawWindow;
+    let mut out = Vec::new();
+    for (i, w) in list.iter().enumerate() {
+        let k = format!("{key}[{i}]");
+        let parsed = match &w.value {
+            RawWindow::Short(text) => match text.split_once('/') {
+                Some((n, per)) => match (n.trim().parse::<u64>(), parse_duration(per.trim())) {
+                    (Ok(n), Ok(per)) => Ok((n, per, n)),
+                    (Err(_), _) => Err(format!("`{text}`: `{n}` is not a whole number of requests")),
+                    (_, Err(m)) => Err(format!("`{text}`: {m}")),
+                },
+                None => Err(format!("`{text}` is not a window like `100/1m`")),
+            },
+            RawWindow::Full(f) => match parse_duration(&f.per.0) {
+                Ok(per) => Ok((f.limit, per, f.burst.unwrap_or(f.limit))),
+                Err(m) => Err(m),
+            },
+        };
+        match parsed {
+            Ok((limit, per, burst)) if limit == 0 || burst == 0 || per.is_zero() => {
+                e.push(w, &k, "limit, burst and period must be greater than zero")
+            }
+            Ok((limit, per, burst)) => out.push(crate::ratelimit::Window { limit, per, burst }),
+            Err(m) => e.push(w, &k, m),
+        }
+    }
+    out
+}
+
+fn compile_exhausted(
+    v: &Option<Sp<super::raw::RawExhausted>>,
+    key: &str,
+    e: &mut Errs<'_>,
+) -> crate::ratelimit::Exhausted {
+    use super::raw::RawExhausted;
+    use crate::ratelimit::Exhausted;
+    let Some(v) = v else { return Exhausted::Reject };
+    match &v.value {
+        RawExhausted::Word(w) if w == "reject" => Exhausted::Reject,
+        RawExhausted::Word(w) => {
+            e.push(v, key, format!("`{w}`: use `reject` or `{{ queue: 20s, max_queued: 100 }}`"));
+            Exhausted::Reject
+        }
+        RawExhausted::Queue(q) => match parse_duration(&q.queue.0) {
+            Ok(max_wait) if !max_wait.is_zero() => {
+                Exhausted::Queue { max_wait, max_queued: q.max_queued.unwrap_or(100).min(1_000_000) as usize }
+            }
+            Ok(_) => {
+                e.push(v, &format!("{key}.queue"), "the wait must be greater than zero (or use `reject`)");
+                Exhausted::Reject
+            }
+            Err(m) => {
+                e.push(v, &format!("{key}.queue"), m);
+                Exhausted::Reject
+            }
+        },
+    }
+}
+
+fn compile_quota(id: &str, q: &super::raw::RawQuota, e: &mut Errs<'_>) -> crate::ratelimit::Quota {
+    use crate::ratelimit::{LimitSpec, Quota, Scope};
+    let windows = compile_windows(&q.limits, "quota.limits", e);
+    let on_exhausted = compile_exhausted(&q.on_exhausted, "quota.on_exhausted", e);
+    let dialect = match &q.headers {
+        None => crate::ratelimit::vendor::Dialect::None,
+        Some(h) => crate::ratelimit::vendor::Dialect::parse(&h.value).unwrap_or_else(|| {
+            e.push(
+                h,
+                "quota.headers",
+                format!("`{}`: use `none`, `ietf`, `x-ratelimit`, `okta` or `crowdstrike`", h.value),
+            );
+            crate::ratelimit::vendor::Dialect::None
+        }),
+    };
+    let spec = LimitSpec::new(
+        &format!("upstream:{id}"),
+        "account",
+        Scope::Account,
+        windows,
+        on_exhausted,
+        q.shared.unwrap_or(true),
+    );
+    Quota {
+        limit: std::sync::Arc::new(spec),
+        dialect,
+        reserve: q.reserve.unwrap_or(0),
+        pause_without_reset: e.duration(&q.pause_without_reset, "quota.pause_without_reset", Duration::from_secs(1)),
+        max_pause: e.duration(&q.max_pause, "quota.max_pause", Duration::from_secs(15 * 60)),
     }
 }
 
@@ -1320,8 +1465,10 @@ fn compile_upstream(
             }
         }
     }
+    let quota = raw.quota.as_ref().map(|q| std::sync::Arc::new(compile_quota(&id, q, &mut e)));
     let (tls, tls_inputs) = tls_built?;
     Some(Upstream {
+        quota,
         id_shared: id.as_str().into(),
         id,
         origin: Origin { file: file.to_path_buf(), line: raw.id.line },
@@ -1460,8 +1607,25 @@ fn compile_route(
         }
         _ => None,
     };
+    let mut rate_limits = Vec::new();
+    if let Some(rl) = &raw.rate_limit {
+        use crate::ratelimit::{LimitSpec, Scope};
+        let on = compile_exhausted(&rl.on_exhausted, &format!("{key}.rate_limit.on_exhausted"), &mut e);
+        let shared = rl.shared.unwrap_or(false);
+        let per_caller = compile_windows(&rl.per_caller, &format!("{key}.rate_limit.per_caller"), &mut e);
+        let total = compile_windows(&rl.total, &format!("{key}.rate_limit.total"), &mut e);
+        if !per_caller.is_empty() {
+            let spec = LimitSpec::new(&format!("route:{id}:caller"), "caller", Scope::Caller, per_caller, on, shared);
+            rate_limits.push(std::sync::Arc::new(spec));
+        }
+        if !total.is_empty() {
+            let spec = LimitSpec::new(&format!("route:{id}:total"), "route", Scope::Route, total, on, shared);
+            rate_limits.push(std::sync::Arc::new(spec));
+        }
+    }
     let template = template?;
     Some(Route {
+        rate_limits,
         credential,
         policy,
         template_text: template.to_string().into(),

@@ -139,6 +139,8 @@ pub struct Gateway {
     pub telemetry: crate::telemetry::TelemetrySettings,
     /// Bearer token for the admin API.
     pub admin_token: Option<crate::credentials::Secret>,
+    /// `cluster.redis`: where shared limits are counted.
+    pub cluster_redis: Option<crate::ratelimit::shared::Settings>,
 }
 
 /// One data-plane listener.
@@ -291,6 +293,8 @@ pub struct Upstream {
     pub credentials: Vec<crate::credentials::Credential>,
     /// Request headers removed before forwarding, in addition to the standard ones.
     pub strip_headers: Vec<HeaderName>,
+    /// The vendor-account quota and pacing (absent: the vendor's signals are not read).
+    pub quota: Option<std::sync::Arc<crate::ratelimit::Quota>>,
 }
 
 impl Upstream {
@@ -415,4 +419,6 @@ pub struct Route {
     pub timeout: Duration,
     /// Body limit.
     pub max_body: u64,
+    /// The route's own rate limits (per caller, total), checked before the vendor-account quota.
+    pub rate_limits: Vec<std::sync::Arc<crate::ratelimit::LimitSpec>>,
 }

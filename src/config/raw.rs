@@ -74,6 +74,115 @@ pub struct RawGateway {
     pub reload: Option<RawReload>,
     /// Access log and audit trail (read at start-up).
     pub telemetry: Option<RawTelemetry>,
+    /// State shared between replicas (rate limits and vendor quotas in Redis).
+    pub cluster: Option<RawCluster>,
+}
+
+/// `cluster`: what replicas share.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Count shared limits (vendor-account quotas by default) in Redis.
+    pub redis: Option<RawRedis>,
+}
+
+/// `cluster.redis`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:6379/0` or `rediss://...` (TLS); no password in the URL.
+    pub url: Sp<String>,
+    /// The password: `env:NAME` or `file:path`.
+    pub password: Option<Sp<String>>,
+    /// Prefix of every key. Default `interlock`.
+    pub key_prefix: Option<Sp<String>>,
+    /// Time allowed per command and per connection attempt. Default `100ms`.
+    pub timeout: Option<Sp<DurationText>>,
+    /// While Redis is unreachable: `local` (count on this replica; default) or `reject` (503).
+    pub on_unavailable: Option<Sp<String>>,
+}
+
+/// A window of a limit: `4/1m`, or `{ limit: 4, per: 1m, burst: 2 }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawWindow {
+    /// `LIMIT/PERIOD`, e.g. `100/1s`, `500/1d`.
+    Short(String),
+    /// The full form.
+    Full(RawWindowFull),
+}
+
+/// A window in full.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindowFull {
+    /// Requests per period.
+    pub limit: u64,
+    /// The period.
+    pub per: DurationText,
+    /// Requests that may go at once after a quiet period. Default: `limit`.
+    pub burst: Option<u64>,
+}
+
+/// What happens when a limit is exhausted: `reject` (429 at once; default) or
+/// `{ queue: 20s, max_queued: 100 }` (wait up to 20 s, in order; at most 100 waiting).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawExhausted {
+    /// `reject`.
+    Word(String),
+    /// Queue.
+    Queue(RawQueue),
+}
+
+/// Queueing.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    /// The longest a request waits.
+    pub queue: DurationText,
+    /// Requests waiting per key on one replica; more are refused at once. Default 100.
+    pub max_queued: Option<u64>,
+}
+
+/// A route's `rate_limit`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Windows applied to each caller separately (anonymous callers: per client address).
+    #[serde(default)]
+    pub per_caller: Vec<Sp<RawWindow>>,
+    /// Windows applied to all calls of the route together.
+    #[serde(default)]
+    pub total: Vec<Sp<RawWindow>>,
+    /// `reject` (default) or `{ queue: 20s, max_queued: 100 }`.
+    pub on_exhausted: Option<Sp<RawExhausted>>,
+    /// Count in `cluster.redis` (across replicas). Default false.
+    pub shared: Option<bool>,
+}
+
+/// An upstream's `quota`: the vendor account's limits and how the vendor signals its own.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawQuota {
+    /// Windows per vendor account (per credential), shared by every route and caller using it.
+    #[serde(default)]
+    pub limits: Vec<Sp<RawWindow>>,
+    /// `reject` (default) or `{ queue: 20s, max_queued: 100 }`.
+    pub on_exhausted: Option<Sp<RawExhausted>>,
+    /// The vendor's rate-limit headers: `none` (default; `Retry-After` only), `ietf`, `x-ratelimit`,
+    /// `okta`, `crowdstrike`.
+    pub headers: Option<Sp<String>>,
+    /// Stop sending while the vendor reports this many or fewer requests remaining. Default 0.
+    pub reserve: Option<u64>,
+    /// Pause after a 429 without `Retry-After`, or "remaining 0" without a reset. Default `1s`.
+    pub pause_without_reset: Option<Sp<DurationText>>,
+    /// The longest pause a vendor signal can impose. Default `15m`.
+    pub max_pause: Option<Sp<DurationText>>,
+    /// Count in `cluster.redis` (across replicas) when configured. Default true.
+    pub shared: Option<bool>,
 }
 
 /// Access log and audit trail.
@@ -375,6 +484,8 @@ pub struct RawUpstream {
     /// Extra request headers removed before forwarding (e.g. a vendor key header a tool might still send).
     #[serde(default)]
     pub strip_headers: Vec<Sp<String>>,
+    /// The vendor account quota (per credential) and pacing from the vendor's rate-limit headers.
+    pub quota: Option<RawQuota>,
 }
 
 /// Upstream TLS.
@@ -514,6 +625,8 @@ pub struct RawRoute {
     pub timeout: Option<Sp<DurationText>>,
     /// Request body limit for this route.
     pub max_body: Option<Sp<SizeText>>,
+    /// Rate limits of this route (per caller and in total).
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 /// A policy rule: `caller:ID`, `group:NAME`, `anyone`, or a mapping that can also narrow methods

@@ -233,6 +233,20 @@ async fn forward(
             return Err(GatewayError::BodyTooLarge { limit: route.max_body });
         }
     }
+    // 10b. Rate limits: the route's own (per caller, total), then the vendor account's quota. A
+    //      queued request waits here; if the client goes away meanwhile, its place is given back.
+    let admitted = limit(snap, route, upstream, caller.as_ref(), credential, conn).await?;
+    if let Some(a) = &admitted {
+        record.facts.ratelimit_remaining = a.remaining();
+        let d = a.delay();
+        if !d.is_zero() {
+            record.facts.queued = Some(d);
+        }
+    }
+    let admitted = match admitted {
+        Some(a) => Some(a.wait().await),
+        None => None,
+    };
     // 11. Target URI: endpoint + base path + (rewritten) path + the original query.
     let client = &snap.clients[route.upstream];
     let ep = client.pick();
@@ -347,9 +361,63 @@ async fn forward(
         }
     }
     let (mut parts, body) = res.into_parts();
+    if let Some(q) = &upstream.quota {
+        snap.limiter.observe(q, &upstream.id_shared, &account_of(credential), parts.status, &parts.headers);
+    }
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(a) = &admitted {
+        if a.has_policy() {
+            // The tool's allowance is the gateway's: the vendor's own fields would contradict it.
+            parts.headers.remove(crate::ratelimit::RATELIMIT_POLICY);
+            parts.headers.remove(crate::ratelimit::RATELIMIT);
+            a.add_headers(&mut parts.headers);
+        }
+    }
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+}
+
+/// The vendor account a call draws on: its credential id (`-` for an upstream without one).
+fn account_of(credential: Option<&crate::credentials::Credential>) -> Arc<str> {
+    credential.map_or_else(|| Arc::from("-"), |c| c.id_shared.clone())
+}
+
+/// The rate limits that apply to this call, passed in order (see [`crate::ratelimit`]).
+async fn limit(
+    snap: &Snapshot,
+    route: &crate::config::Route,
+    upstream: &crate::config::Upstream,
+    caller: Option<&crate::identity::Caller>,
+    credential: Option<&crate::credentials::Credential>,
+    conn: &ConnInfo,
+) -> Result<Option<crate::ratelimit::Admitted>, GatewayError> {
+    use crate::ratelimit::{Check, Scope};
+    if route.rate_limits.is_empty() && upstream.quota.is_none() {
+        return Ok(None);
+    }
+    let mut checks = Vec::with_capacity(route.rate_limits.len() + 1);
+    for spec in &route.rate_limits {
+        let subject: Arc<str> = match spec.scope {
+            Scope::Caller => match caller {
+                Some(c) => c.id.clone(),
+                None => Arc::from(format!("ip:{}", conn.peer.ip().to_canonical())),
+            },
+            _ => Arc::from(""),
+        };
+        checks.push(Check { spec: spec.clone(), subject, account: None });
+    }
+    if let Some(q) = &upstream.quota {
+        let account = account_of(credential);
+        checks.push(Check {
+            spec: q.limit.clone(),
+            subject: account.clone(),
+            account: Some((upstream.id_shared.clone(), account)),
+        });
+    }
+    match snap.limiter.acquire(&checks).await {
+        Ok(a) => Ok(Some(a)),
+        Err(r) => Err(GatewayError::RateLimited(Box::new(r))),
+    }
 }
 
 type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, tokio::time::error::Elapsed>;

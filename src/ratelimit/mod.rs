@@ -18,9 +18,11 @@ pub mod vendor;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
@@ -35,6 +37,9 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 const SHARDS: usize = 16;
+
+/// (limit id, subject), or (upstream id, credential id) for a vendor account.
+type Key = (Arc<str>, Arc<str>);
 const SWEEP_FLOOR: usize = 1024;
 
 /// One window of a limit: `limit` requests per `per`, in bursts of at most `burst`.
@@ -251,7 +256,7 @@ struct Entry {
 
 #[derive(Debug)]
 struct Shard {
-    map: HashMap<(Arc<str>, Arc<str>), Entry>,
+    map: HashMap<Key, Entry>,
     sweep_at: usize,
 }
 
@@ -272,7 +277,7 @@ pub struct Limiter {
     epoch: Instant,
     shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
-    vendors: Mutex<HashMap<(Arc<str>, Arc<str>), VendorState>>,
+    vendors: Mutex<HashMap<Key, VendorState>>,
     shared: arc_swap::ArcSwapOption<shared::Shared>,
     metrics: Option<RateLimitMetrics>,
 }
@@ -317,9 +322,7 @@ impl Limiter {
     }
 
     fn shard(&self, key: &(Arc<str>, Arc<str>)) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// Keys currently tracked (for tests and the admin API).
@@ -403,7 +406,12 @@ impl Limiter {
                         }
                         drop(shard);
                         self.decided(spec, "rejected");
-                        return Err(self.refuse(spec, RefusedKind::QueueFull, Duration::from_nanos(at - now), Some(tats)));
+                        return Err(self.refuse(
+                            spec,
+                            RefusedKind::QueueFull,
+                            Duration::from_nanos(at - now),
+                            Some(tats),
+                        ));
                     }
                     if queued {
                         entry.queued += 1;
@@ -468,7 +476,14 @@ impl Limiter {
 
     /// Reads a vendor response's rate-limit signals for the account (upstream, credential) and
     /// pauses the account when the vendor says so. Cheap when the response carries no signal.
-    pub fn observe(&self, quota: &Quota, upstream: &Arc<str>, credential: &Arc<str>, status: StatusCode, h: &HeaderMap) {
+    pub fn observe(
+        &self,
+        quota: &Quota,
+        upstream: &Arc<str>,
+        credential: &Arc<str>,
+        status: StatusCode,
+        h: &HeaderMap,
+    ) {
         let wall = SystemTime::now();
         let s = vendor::read(quota.dialect, status, h, wall);
         if s.is_empty() {
@@ -540,7 +555,10 @@ impl Limiter {
                 limit: v.limit,
                 remaining: v.remaining,
                 reset: v.reset.map(crate::telemetry::record::rfc3339),
-                paused_until: (v.pause_until > now).then_some(v.pause_wall).flatten().map(crate::telemetry::record::rfc3339),
+                paused_until: (v.pause_until > now)
+                    .then_some(v.pause_wall)
+                    .flatten()
+                    .map(crate::telemetry::record::rfc3339),
                 observed: v.observed.map(crate::telemetry::record::rfc3339).unwrap_or_default(),
                 pauses: v.pauses,
             })
@@ -620,6 +638,11 @@ impl Admitted {
         }
     }
 
+    /// True when a limit passed has windows (so the `RateLimit*` headers say something).
+    pub fn has_policy(&self) -> bool {
+        self.states.iter().any(|(s, _, _)| s.policy.is_some())
+    }
+
     /// Adds `RateLimit-Policy` and `RateLimit` for the limits passed.
     pub fn add_headers(&self, h: &mut HeaderMap) {
         for (spec, tats, at) in &self.states {
@@ -637,7 +660,10 @@ impl Admitted {
         self.states
             .iter()
             .flat_map(|(spec, tats, at)| {
-                spec.cells.iter().enumerate().map(|(i, c)| gcra::remaining(*c, tats.get(i).copied().unwrap_or(0), *at).0)
+                spec.cells
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| gcra::remaining(*c, tats.get(i).copied().unwrap_or(0), *at).0)
             })
             .min()
     }
@@ -686,7 +712,11 @@ mod tests {
         }
         let r = l.acquire(&[check(&s, "noisy")]).await.unwrap_err();
         assert_eq!(r.kind, RefusedKind::Limited);
-        assert!(r.retry_after > Duration::from_secs(29) && r.retry_after <= Duration::from_secs(30), "{:?}", r.retry_after);
+        assert!(
+            r.retry_after > Duration::from_secs(29) && r.retry_after <= Duration::from_secs(30),
+            "{:?}",
+            r.retry_after
+        );
         let h: HashMap<_, _> = r.headers.iter().cloned().collect();
         assert_eq!(h[&RATELIMIT_POLICY], "\"caller-1m\";q=2;w=60");
         assert_eq!(h[&RATELIMIT], "\"caller-1m\";r=0;t=60");

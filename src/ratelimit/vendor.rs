@@ -74,7 +74,11 @@ pub struct Signal {
 impl Signal {
     /// True when the response carried anything about the quota.
     pub fn is_empty(&self) -> bool {
-        self.limit.is_none() && self.remaining.is_none() && self.reset.is_none() && self.retry_after.is_none() && !self.throttled
+        self.limit.is_none()
+            && self.remaining.is_none()
+            && self.reset.is_none()
+            && self.retry_after.is_none()
+            && !self.throttled
     }
 }
 
@@ -144,9 +148,13 @@ pub fn read(dialect: Dialect, status: StatusCode, h: &HeaderMap, now: SystemTime
         Dialect::XRateLimit => {
             s.limit = header(h, "x-ratelimit-limit").and_then(number);
             s.remaining = header(h, "x-ratelimit-remaining").and_then(number);
-            s.reset = header(h, "x-ratelimit-reset")
-                .and_then(number)
-                .map(|t| if t >= 1_000_000_000 { epoch(t) } else { after(now, t) });
+            s.reset = header(h, "x-ratelimit-reset").and_then(number).map(|t| {
+                if t >= 1_000_000_000 {
+                    epoch(t)
+                } else {
+                    after(now, t)
+                }
+            });
         }
         Dialect::Okta => {
             s.limit = header(h, "x-rate-limit-limit").and_then(number);
@@ -173,7 +181,13 @@ pub fn read(dialect: Dialect, status: StatusCode, h: &HeaderMap, now: SystemTime
 /// - `remaining <= reserve` with a reset time: until the reset; without one: `without_reset`.
 ///
 /// Pauses are capped at `max_pause`. `None`: keep sending.
-pub fn pause_until(s: &Signal, reserve: u64, without_reset: Duration, max_pause: Duration, now: SystemTime) -> Option<SystemTime> {
+pub fn pause_until(
+    s: &Signal,
+    reserve: u64,
+    without_reset: Duration,
+    max_pause: Duration,
+    now: SystemTime,
+) -> Option<SystemTime> {
     let until = if let Some(t) = s.retry_after {
         Some(t)
     } else if s.throttled {
@@ -214,9 +228,15 @@ mod tests {
         let x = [("x-ratelimit-limit", "60"), ("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1800000030")];
         let s = read(Dialect::XRateLimit, ok, &h(&x), now());
         assert_eq!((s.limit, s.remaining, s.reset), (Some(60), Some(0), Some(epoch(NOW + 30))));
-        let s = read(Dialect::XRateLimit, ok, &h(&[("x-ratelimit-remaining", "5"), ("x-ratelimit-reset", "30")]), now());
+        let s =
+            read(Dialect::XRateLimit, ok, &h(&[("x-ratelimit-remaining", "5"), ("x-ratelimit-reset", "30")]), now());
         assert_eq!(s.reset, Some(epoch(NOW + 30)));
-        let s = read(Dialect::Okta, ok, &h(&[("x-rate-limit-remaining", "1"), ("x-rate-limit-reset", "1800000045")]), now());
+        let s = read(
+            Dialect::Okta,
+            ok,
+            &h(&[("x-rate-limit-remaining", "1"), ("x-rate-limit-reset", "1800000045")]),
+            now(),
+        );
         assert_eq!((s.remaining, s.reset), (Some(1), Some(epoch(NOW + 45))));
         let cs = [("x-ratelimit-remaining", "0"), ("x-ratelimit-retryafter", "1800000007")];
         let s = read(Dialect::CrowdStrike, StatusCode::TOO_MANY_REQUESTS, &h(&cs), now());
@@ -249,6 +269,10 @@ mod tests {
         assert_eq!(p(Signal { throttled: true, ..base }, 0), Some(epoch(NOW + 1)));
         let far = Some(epoch(NOW + 86_400));
         assert_eq!(p(Signal { throttled: true, retry_after: far, ..base }, 0), Some(epoch(NOW + 3600)), "capped");
-        assert_eq!(p(Signal { remaining: Some(0), reset: Some(epoch(NOW - 5)), ..base }, 0), None, "a reset in the past");
+        assert_eq!(
+            p(Signal { remaining: Some(0), reset: Some(epoch(NOW - 5)), ..base }, 0),
+            None,
+            "a reset in the past"
+        );
     }
 }

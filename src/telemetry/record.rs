@@ -48,6 +48,10 @@ pub struct Facts {
     pub retries: u32,
     /// Cache status.
     pub cache: Option<&'static str>,
+    /// The fewest requests left in any rate-limit window the request passed.
+    pub ratelimit_remaining: Option<u64>,
+    /// Time the request waited in a rate-limit queue.
+    pub queued: Option<std::time::Duration>,
     /// Request body bytes, counted by the request body as it streams.
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// The route's path template (`http.route`).
@@ -191,6 +195,12 @@ impl RequestRecord {
             opt("interlock.credential", f.credential.as_deref(), &mut a);
             opt("interlock.decision", f.decision, &mut a);
             opt("interlock.cache", f.cache, &mut a);
+            if let Some(r) = f.ratelimit_remaining {
+                a.push(KeyValue::new("interlock.ratelimit.remaining", r.min(i64::MAX as u64) as i64));
+            }
+            if let Some(q) = f.queued {
+                a.push(KeyValue::new("interlock.ratelimit.queued_ms", q.as_millis().min(i64::MAX as u128) as i64));
+            }
             let error_type =
                 f.error.map(str::to_owned).or_else(|| (self.status >= 500).then(|| self.status.to_string()));
             if let Some(e) = &error_type {

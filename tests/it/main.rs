@@ -11,6 +11,7 @@ mod oauth2;
 mod observability;
 mod policy;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod streaming;
 mod support;
