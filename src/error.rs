@@ -127,6 +127,26 @@ pub enum GatewayError {
         /// `caller `x``.
         caller: String,
     },
+    /// Every endpoint of the upstream is ejected by its circuit breaker.
+    #[error("circuit open for upstream {upstream}")]
+    CircuitOpen {
+        /// The upstream id.
+        upstream: String,
+        /// When the first endpoint comes back (half-open).
+        retry_after: std::time::Duration,
+    },
+    /// Every endpoint fails its active health checks.
+    #[error("no healthy endpoint for upstream {upstream}")]
+    NoHealthyEndpoint {
+        /// The upstream id.
+        upstream: String,
+    },
+    /// The upstream's `max_concurrent` is reached.
+    #[error("upstream {upstream} overloaded")]
+    Overloaded {
+        /// The upstream id.
+        upstream: String,
+    },
     /// A rate limit or vendor quota refused the call.
     #[error("rate limited by {} limit {}", .0.name, .0.limit)]
     RateLimited(Box<crate::ratelimit::Refused>),
@@ -273,6 +293,24 @@ impl GatewayError {
                 "no-credential",
                 "No vendor credential for this caller",
                 format!("Upstream `{upstream}` holds one credential per vendor account, and none is assigned to {caller}. Ask the platform team to assign one."),
+            ),
+            E::CircuitOpen { upstream, retry_after } => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit-open",
+                "Upstream circuit open",
+                format!("Upstream `{upstream}` failed repeatedly and is not being called for now (circuit open). Nothing was sent. Retry after {} s (Retry-After).", retry_secs(*retry_after)),
+            ),
+            E::NoHealthyEndpoint { upstream } => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-healthy-endpoint",
+                "No healthy upstream endpoint",
+                format!("Every endpoint of upstream `{upstream}` fails its health checks. Nothing was sent. Retry later; the platform team is alerted by the health metrics."),
+            ),
+            E::Overloaded { upstream } => p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Upstream at its concurrency limit",
+                format!("Upstream `{upstream}` already has as many calls in flight as it is allowed. Nothing was sent. Retry shortly, with back-off."),
             ),
             E::RateLimited(r) => {
                 use crate::ratelimit::RefusedKind as K;
@@ -477,6 +515,12 @@ pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<
             }
         }
         GatewayError::ShuttingDown | GatewayError::AuditUnavailable { .. } | GatewayError::CredentialUnavailable(_) => {
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        GatewayError::CircuitOpen { retry_after, .. } => {
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs(*retry_after)));
+        }
+        GatewayError::Overloaded { .. } | GatewayError::NoHealthyEndpoint { .. } => {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         GatewayError::RateLimited(r) => {

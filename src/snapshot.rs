@@ -62,7 +62,7 @@ impl Snapshot {
                 .and_then(|p| p.clients.iter().find(|c| c.built_for.id == u.id && c.built_for.same_transport(u)));
             match reused {
                 Some(c) => clients.push(Arc::new(c.with_endpoints(u))),
-                None => clients.push(Arc::new(UpstreamClient::new(u))),
+                None => clients.push(Arc::new(UpstreamClient::new(u, Some(telemetry.metrics.upstream.clone())))),
             }
         }
         let identity = match IdentityRuntime::build(

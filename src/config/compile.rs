@@ -598,6 +598,162 @@ fn compile_quota(id: &str, q: &super::raw::RawQuota, e: &mut Errs<'_>) -> crate:
     }
 }
 
+/// A retry policy; unspecified fields come from `base` (the upstream's policy, for a route).
+fn compile_retry(
+    r: &super::raw::RawRetry,
+    key: &str,
+    base: Option<&crate::upstream::resilience::RetryPolicy>,
+    e: &mut Errs<'_>,
+) -> crate::upstream::resilience::RetryPolicy {
+    use crate::upstream::resilience::RetryPolicy;
+    let d = base.cloned().unwrap_or(RetryPolicy {
+        attempts: 2,
+        on_connect: true,
+        on_reset: true,
+        on_timeout: false,
+        statuses: vec![502, 503, 504, 429],
+        backoff_base: Duration::from_millis(25),
+        backoff_max: Duration::from_millis(250),
+        per_try_timeout: None,
+        max_retry_after: Duration::from_secs(5),
+        replay_body: 64 * 1024,
+        non_idempotent: false,
+    });
+    let attempts = match &r.attempts {
+        None => d.attempts,
+        Some(a) if a.value == 0 || a.value > 10 => {
+            e.push(a, &format!("{key}.attempts"), "must be between 1 (no retries) and 10");
+            d.attempts
+        }
+        Some(a) => a.value as u32,
+    };
+    let (mut on_connect, mut on_reset, mut on_timeout, mut statuses) = (d.on_connect, d.on_reset, d.on_timeout, d.statuses.clone());
+    if let Some(list) = &r.on {
+        (on_connect, on_reset, on_timeout) = (false, false, false);
+        statuses.clear();
+        for o in list {
+            match &o.value {
+                super::raw::RawRetryOn::Code(c) if (500..600).contains(c) || *c == 429 || *c == 408 => statuses.push(*c),
+                super::raw::RawRetryOn::Code(c) => e.push(o, &format!("{key}.on"), format!("{c}: only 408, 429 and 5xx answers can be retried")),
+                super::raw::RawRetryOn::Word(w) => match w.as_str() {
+                    "connect" => on_connect = true,
+                    "reset" => on_reset = true,
+                    "timeout" => on_timeout = true,
+                    other => e.push(o, &format!("{key}.on"), format!("`{other}`: use `connect`, `reset`, `timeout` or a status code")),
+                },
+            }
+        }
+    }
+    let backoff_base = e.duration(&r.backoff.as_ref().and_then(|b| b.base.clone()), &format!("{key}.backoff.base"), d.backoff_base);
+    let backoff_max = e.duration(&r.backoff.as_ref().and_then(|b| b.max.clone()), &format!("{key}.backoff.max"), d.backoff_max);
+    if backoff_max < backoff_base {
+        e.push_line(r.backoff.as_ref().and_then(|b| b.max.as_ref()).map(|m| m.line), &format!("{key}.backoff.max"), "must not be smaller than `base`");
+    }
+    let per_try_timeout = match &r.per_try_timeout {
+        None => d.per_try_timeout,
+        Some(t) => Some(e.duration(&Some(t.clone()), &format!("{key}.per_try_timeout"), Duration::from_secs(5))),
+    };
+    if on_timeout && per_try_timeout.is_none() {
+        e.push_line(r.on.as_ref().and_then(|l| l.first()).map(|o| o.line), &format!("{key}.on"), "`timeout` needs `per_try_timeout`");
+    }
+    RetryPolicy {
+        attempts,
+        on_connect,
+        on_reset,
+        on_timeout,
+        statuses,
+        backoff_base,
+        backoff_max,
+        per_try_timeout,
+        max_retry_after: e.duration(&r.max_retry_after, &format!("{key}.max_retry_after"), d.max_retry_after),
+        replay_body: e.size(&r.replay_body, &format!("{key}.replay_body"), d.replay_body),
+        non_idempotent: r.non_idempotent.unwrap_or(d.non_idempotent),
+    }
+}
+
+fn compile_resilience(
+    raw: &RawUpstream,
+    e: &mut Errs<'_>,
+) -> (
+    Option<crate::upstream::resilience::RetryPolicy>,
+    crate::upstream::resilience::BudgetSettings,
+    Option<crate::upstream::resilience::CircuitSettings>,
+    Option<crate::upstream::resilience::HealthCheck>,
+    Option<usize>,
+) {
+    use crate::upstream::resilience::{BudgetSettings, CircuitSettings, HealthCheck};
+    let retry = raw.retry.as_ref().map(|r| compile_retry(r, "retry", None, e));
+    let mut budget = BudgetSettings::default();
+    if let Some(b) = raw.retry.as_ref().and_then(|r| r.budget.as_ref()) {
+        if let Some(r) = &b.ratio {
+            if !(0.0..=10.0).contains(&r.value) {
+                e.push(r, "retry.budget.ratio", "must be between 0 and 10");
+            } else {
+                budget.ratio = r.value;
+            }
+        }
+        if let Some(m) = &b.min_per_second {
+            if !(0.0..=100_000.0).contains(&m.value) {
+                e.push(m, "retry.budget.min_per_second", "must be between 0 and 100000");
+            } else {
+                budget.min_per_second = m.value;
+            }
+        }
+        budget.window = e.duration(&b.window, "retry.budget.window", budget.window);
+        if budget.window < Duration::from_secs(1) {
+            e.push_line(b.window.as_ref().map(|w| w.line), "retry.budget.window", "at least `1s`");
+        }
+    }
+    let circuit = raw.circuit_breaker.as_ref().map(|c| {
+        let n = match &c.consecutive_failures {
+            Some(n) if n.value == 0 => {
+                e.push(n, "circuit_breaker.consecutive_failures", "must be at least 1");
+                5
+            }
+            Some(n) => n.value.min(u64::from(u32::MAX)) as u32,
+            None => 5,
+        };
+        CircuitSettings {
+            consecutive_failures: n,
+            base_ejection: e.duration(&c.base_ejection, "circuit_breaker.base_ejection", Duration::from_secs(30)),
+            max_ejection: e.duration(&c.max_ejection, "circuit_breaker.max_ejection", Duration::from_secs(300)),
+        }
+    });
+    let health_check = raw.health_check.as_ref().map(|h| {
+        if !h.path.value.starts_with('/') {
+            e.push(&h.path, "health_check.path", "must start with `/`");
+        }
+        let threshold = |v: &Option<Sp<u64>>, k: &str, d: u32, e: &mut Errs<'_>| match v {
+            Some(n) if n.value == 0 || n.value > 100 => {
+                e.push(n, k, "must be between 1 and 100");
+                d
+            }
+            Some(n) => n.value as u32,
+            None => d,
+        };
+        let hc = HealthCheck {
+            path: h.path.value.clone(),
+            interval: e.duration(&h.interval, "health_check.interval", Duration::from_secs(10)),
+            timeout: e.duration(&h.timeout, "health_check.timeout", Duration::from_secs(2)),
+            healthy_threshold: threshold(&h.healthy_threshold, "health_check.healthy_threshold", 2, e),
+            unhealthy_threshold: threshold(&h.unhealthy_threshold, "health_check.unhealthy_threshold", 3, e),
+        };
+        if hc.interval < Duration::from_millis(100) || hc.timeout.is_zero() {
+            e.push(&h.path, "health_check.interval", "interval at least `100ms`, timeout greater than zero");
+        }
+        hc
+    });
+    let max_concurrent = raw.max_concurrent.as_ref().and_then(|m| {
+        if m.value == 0 {
+            e.push(m, "max_concurrent", "must be at least 1");
+            None
+        } else {
+            Some(m.value as usize)
+        }
+    });
+    (retry, budget, circuit, health_check, max_concurrent)
+}
+
 fn compile_telemetry(
     dir: &Path,
     raw: Option<&super::raw::RawTelemetry>,
@@ -1375,7 +1531,7 @@ fn compile_credential(
 fn compile_upstream(
     dir: &Path,
     file: &Path,
-    raw: RawUpstream,
+    mut raw: RawUpstream,
     side: &mut Side,
     out: &mut Vec<ConfigError>,
 ) -> Option<Upstream> {
@@ -1403,12 +1559,12 @@ fn compile_upstream(
             UpstreamProtocol::Auto
         }
     };
-    let tls_raw = raw.tls.unwrap_or_default();
+    let tls_raw = raw.tls.take().unwrap_or_default();
     let https = endpoints.iter().any(|x: &Endpoint| x.scheme == Scheme::HTTPS);
     let tls_built = compile_upstream_tls(dir, &tls_raw, https, side, &mut e);
     let connect_timeout = e.duration(&raw.connect_timeout, "connect_timeout", Duration::from_secs(5));
     let timeout = raw.timeout.as_ref().map(|t| e.duration(&Some(t.clone()), "timeout", Duration::from_secs(60)));
-    let pool = raw.pool.unwrap_or_default();
+    let pool = raw.pool.take().unwrap_or_default();
     let pool_idle_timeout = e.duration(&pool.idle_timeout, "pool.idle_timeout", Duration::from_secs(90));
     let pool_max_idle_per_host = pool.max_idle_per_host.as_ref().map(|m| m.value as usize).unwrap_or(256);
 
@@ -1466,9 +1622,15 @@ fn compile_upstream(
         }
     }
     let quota = raw.quota.as_ref().map(|q| std::sync::Arc::new(compile_quota(&id, q, &mut e)));
+    let (retry, retry_budget, circuit, health_check, max_concurrent) = compile_resilience(&raw, &mut e);
     let (tls, tls_inputs) = tls_built?;
     Some(Upstream {
         quota,
+        retry: retry.map(std::sync::Arc::new),
+        retry_budget,
+        circuit,
+        health_check,
+        max_concurrent,
         id_shared: id.as_str().into(),
         id,
         origin: Origin { file: file.to_path_buf(), line: raw.id.line },
@@ -1623,8 +1785,23 @@ fn compile_route(
             rate_limits.push(std::sync::Arc::new(spec));
         }
     }
+    let base_retry = upstream.and_then(|u| upstreams[u].retry.as_deref());
+    let retry = match &raw.retry {
+        Some(r) => {
+            if let Some(b) = &r.budget {
+                e.push_line(
+                    b.ratio.as_ref().or(b.min_per_second.as_ref()).map(|x| x.line),
+                    &format!("{key}.retry.budget"),
+                    "the retry budget is set on the upstream (it is shared by all its routes)",
+                );
+            }
+            Some(std::sync::Arc::new(compile_retry(r, &format!("{key}.retry"), base_retry, &mut e)))
+        }
+        None => upstream.and_then(|u| upstreams[u].retry.clone()),
+    };
     let template = template?;
     Some(Route {
+        retry,
         rate_limits,
         credential,
         policy,

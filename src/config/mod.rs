@@ -295,6 +295,16 @@ pub struct Upstream {
     pub strip_headers: Vec<HeaderName>,
     /// The vendor-account quota and pacing (absent: the vendor's signals are not read).
     pub quota: Option<std::sync::Arc<crate::ratelimit::Quota>>,
+    /// Retries (absent: none).
+    pub retry: Option<std::sync::Arc<crate::upstream::resilience::RetryPolicy>>,
+    /// The retry budget.
+    pub retry_budget: crate::upstream::resilience::BudgetSettings,
+    /// Circuit breaking per endpoint (absent: off).
+    pub circuit: Option<crate::upstream::resilience::CircuitSettings>,
+    /// Active health checks (absent: off).
+    pub health_check: Option<crate::upstream::resilience::HealthCheck>,
+    /// Requests in flight beyond which new ones are shed (503).
+    pub max_concurrent: Option<usize>,
 }
 
 impl Upstream {
@@ -421,4 +431,6 @@ pub struct Route {
     pub max_body: u64,
     /// The route's own rate limits (per caller, total), checked before the vendor-account quota.
     pub rate_limits: Vec<std::sync::Arc<crate::ratelimit::LimitSpec>>,
+    /// The retry policy in force (the route's over the upstream's), if any.
+    pub retry: Option<std::sync::Arc<crate::upstream::resilience::RetryPolicy>>,
 }

@@ -486,6 +486,97 @@ pub struct RawUpstream {
     pub strip_headers: Vec<Sp<String>>,
     /// The vendor account quota (per credential) and pacing from the vendor's rate-limit headers.
     pub quota: Option<RawQuota>,
+    /// Retries (routes may override any field). Absent: no retries.
+    pub retry: Option<RawRetry>,
+    /// Ejecting endpoints after consecutive failures. Absent: off.
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Active health checks of each endpoint. Absent: off.
+    pub health_check: Option<RawHealthCheck>,
+    /// Requests in flight to this upstream (all endpoints) beyond which new ones get 503 at once.
+    pub max_concurrent: Option<Sp<u64>>,
+}
+
+/// `retry`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts in total, the first included. Default 2.
+    pub attempts: Option<Sp<u64>>,
+    /// What is retried: `connect`, `reset`, `timeout` and status codes. Default
+    /// `[connect, reset, 502, 503, 504, 429]`.
+    pub on: Option<Vec<Sp<RawRetryOn>>>,
+    /// Exponential back-off with full jitter.
+    pub backoff: Option<RawBackoff>,
+    /// Deadline of one attempt, within the route's `timeout`. Default: none (only the route's).
+    pub per_try_timeout: Option<Sp<DurationText>>,
+    /// 429/503 answers whose `Retry-After` is longer are not retried. Default `5s`.
+    pub max_retry_after: Option<Sp<DurationText>>,
+    /// Request bodies up to this size are kept to be sent again; larger are never retried. Default `64KiB`.
+    pub replay_body: Option<Sp<SizeText>>,
+    /// Retry POST/PATCH too when the request carries an `Idempotency-Key`. Default false.
+    pub non_idempotent: Option<bool>,
+    /// The upstream's retry budget (upstream only).
+    pub budget: Option<RawBudget>,
+}
+
+/// A retry condition: `connect`, `reset`, `timeout` or a status code.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawRetryOn {
+    /// A status code, e.g. 503.
+    Code(u16),
+    /// `connect`, `reset` or `timeout`.
+    Word(String),
+}
+
+/// `retry.backoff`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawBackoff {
+    /// First back-off cap. Default `25ms`.
+    pub base: Option<Sp<DurationText>>,
+    /// Largest back-off. Default `250ms`.
+    pub max: Option<Sp<DurationText>>,
+}
+
+/// `retry.budget`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Retries per request allowed. Default 0.2.
+    pub ratio: Option<Sp<f64>>,
+    /// Retries per second always allowed. Default 10.
+    pub min_per_second: Option<Sp<f64>>,
+    /// Counting window. Default `10s`.
+    pub window: Option<Sp<DurationText>>,
+}
+
+/// `circuit_breaker`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// Consecutive failures (5xx, connect errors, timeouts) that eject an endpoint. Default 5.
+    pub consecutive_failures: Option<Sp<u64>>,
+    /// First ejection; doubles with each ejection in a row. Default `30s`.
+    pub base_ejection: Option<Sp<DurationText>>,
+    /// Longest ejection. Default `5m`.
+    pub max_ejection: Option<Sp<DurationText>>,
+}
+
+/// `health_check`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path after the endpoint's base path, e.g. `/health`.
+    pub path: Sp<String>,
+    /// Time between checks. Default `10s`.
+    pub interval: Option<Sp<DurationText>>,
+    /// Deadline of one check. Default `2s`.
+    pub timeout: Option<Sp<DurationText>>,
+    /// Consecutive passes that make an endpoint healthy again. Default 2.
+    pub healthy_threshold: Option<Sp<u64>>,
+    /// Consecutive failures that make an endpoint unhealthy. Default 3.
+    pub unhealthy_threshold: Option<Sp<u64>>,
 }
 
 /// Upstream TLS.
@@ -627,6 +718,8 @@ pub struct RawRoute {
     pub max_body: Option<Sp<SizeText>>,
     /// Rate limits of this route (per caller and in total).
     pub rate_limit: Option<RawRateLimit>,
+    /// Retry settings overriding the upstream's, field by field.
+    pub retry: Option<RawRetry>,
 }
 
 /// A policy rule: `caller:ID`, `group:NAME`, `anyone`, or a mapping that can also narrow methods

@@ -28,6 +28,7 @@ pub struct BodyLimitExceeded {
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Incoming>,
+    replay: Option<Bytes>,
     seen: u64,
     limit: u64,
     counter: Arc<AtomicU64>,
@@ -36,11 +37,15 @@ pub struct RequestBody {
 impl RequestBody {
     /// Wraps `inner`, failing once more than `limit` bytes have passed.
     pub fn new(inner: Incoming, limit: u64) -> RequestBody {
-        RequestBody { inner: Some(inner), seen: 0, limit, counter: Arc::default() }
+        RequestBody { inner: Some(inner), replay: None, seen: 0, limit, counter: Arc::default() }
+    }
+    /// A body kept in memory, sent again on a retry.
+    pub fn replay(b: Bytes) -> RequestBody {
+        RequestBody { inner: None, replay: Some(b).filter(|b| !b.is_empty()), seen: 0, limit: u64::MAX, counter: Arc::default() }
     }
     /// An empty body (for upgrade requests, whose bytes flow after the 101).
     pub fn empty() -> RequestBody {
-        RequestBody { inner: None, seen: 0, limit: 0, counter: Arc::default() }
+        RequestBody { inner: None, replay: None, seen: 0, limit: 0, counter: Arc::default() }
     }
     /// A shared count of the bytes that have passed, for the request's record.
     pub fn counter(&self) -> Arc<AtomicU64> {
@@ -54,7 +59,9 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(this.replay.take().map(|b| Ok(Frame::data(b))));
+        };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -73,11 +80,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.inner {
+            Some(i) => i.is_end_stream(),
+            None => self.replay.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(Body::size_hint).unwrap_or_else(|| SizeHint::with_exact(0))
+        match &self.inner {
+            Some(i) => i.size_hint(),
+            None => SizeHint::with_exact(self.replay.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 
@@ -86,6 +99,8 @@ impl Body for RequestBody {
 pub enum ResponseBody {
     /// Streamed from the upstream.
     Upstream(Incoming),
+    /// Streamed from the upstream, counted in flight to its endpoint until the body ends.
+    Guarded(Incoming, crate::upstream::resilience::InFlight),
     /// Made by the gateway (`None` once sent).
     Full(Option<Bytes>),
     /// Produced over time by the gateway (the admin tap's event stream).
@@ -109,7 +124,9 @@ impl Body for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            ResponseBody::Upstream(b) | ResponseBody::Guarded(b, _) => {
+                Pin::new(b).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
+            }
             ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
             ResponseBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
@@ -117,7 +134,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Upstream(b) | ResponseBody::Guarded(b, _) => b.is_end_stream(),
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
             ResponseBody::Channel(_) => false,
         }
@@ -125,7 +142,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Upstream(b) | ResponseBody::Guarded(b, _) => b.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ResponseBody::Channel(_) => SizeHint::default(),
         }

@@ -15,6 +15,7 @@ pub mod router;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -247,50 +248,28 @@ async fn forward(
         Some(a) => Some(a.wait().await),
         None => None,
     };
-    // 11. Target URI: endpoint + base path + (rewritten) path + the original query.
-    let client = &snap.clients[route.upstream];
-    let ep = client.pick();
-    let mut pq = target_path(ep, route, &m, &path);
-    if let Some(q) = req.uri().query() {
-        pq.push('?');
-        pq.push_str(q);
+    // 11. The target: each attempt's endpoint + its base path, then the (rewritten) path and the
+    //     original query, with a query-parameter credential added.
+    let rest = target_rest(route, &m, &path);
+    let mut query = req.uri().query().map(str::to_owned);
+    if let Some(Injection::Query { param, value }) = credential.map(|c| &c.injection) {
+        query = Some(crate::credentials::inject_query(query.as_deref(), param, value.expose()));
     }
-    let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::InvalidPath(normalize::PathError::BadEscape))?;
-    let uri = Uri::builder()
-        .scheme(ep.scheme.clone())
-        .authority(ep.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::InvalidPath(normalize::PathError::BadEscape))?;
     // 12. Headers: connection-scoped ones, caller credentials, our Host and forwarding headers, the
     //     request id, then the injected credential last so nothing can overwrite it.
     let client_upgrade = if upgrading { Some(hyper::upgrade::on(&mut req)) } else { None };
     let (mut parts, incoming) = req.into_parts();
-    parts.uri = uri;
     let h = &mut parts.headers;
     headers::strip_request(h, upgrading, &upstream.strip_headers);
     headers::set_forwarded(h, conn.peer, conn.scheme, Some(&host), &gw.trusted_proxies);
     h.insert(gw.request_id_header.clone(), request_id.clone());
     if let Some(c) = credential {
-        match &c.injection {
-            Injection::Headers(list) => {
-                for (n, v) in list {
-                    h.insert(n.clone(), v.clone());
-                }
-            }
-            Injection::OAuth2(_) => {} // the token is added just before sending
-            Injection::Query { param, value } => {
-                let q = crate::credentials::inject_query(parts.uri.query(), param, value.expose());
-                let pq = format!("{}?{q}", parts.uri.path());
-                if let Ok(pq) = PathAndQuery::try_from(pq) {
-                    let mut p = parts.uri.clone().into_parts();
-                    p.path_and_query = Some(pq);
-                    if let Ok(u) = Uri::from_parts(p) {
-                        parts.uri = u;
-                    }
-                }
+        if let Injection::Headers(list) = &c.injection {
+            for (n, v) in list {
+                h.insert(n.clone(), v.clone());
             }
         }
+        // An OAuth2 token is added per attempt, just before sending; a query credential is in `query`.
         record.facts.credential = Some(c.id_shared.clone());
     }
     // Without trace export: the caller's traceparent passes on, or a new one carries our trace id.
@@ -300,58 +279,186 @@ async fn forward(
             parts.headers.insert(TRACEPARENT, v);
         }
     }
-    parts.version = Version::HTTP_11; // the pool picks the wire version
-    if let Some(c) = caller {
-        parts.extensions.insert(c); // typed request fact for later stages (policy, audit)
-    }
-    // An OAuth2 token is fetched (or minted, once for all waiters) now; a request that can be sent
-    // again (idempotent, no body) keeps a copy of its head for one retry after an upstream 401.
     let token_source = credential.and_then(|c| match &c.injection {
         Injection::OAuth2(t) => Some(t.clone()),
         _ => None,
     });
-    let mut sent_token = None;
-    if let Some(t) = &token_source {
-        let v = t.header().await.map_err(|e| GatewayError::CredentialUnavailable(e.0))?;
-        parts.headers.insert(http::header::AUTHORIZATION, v.clone());
-        sent_token = Some(v);
-    }
-    let replayable = token_source.is_some()
-        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT)
-        && http_body::Body::is_end_stream(&incoming);
-    let retry_head = replayable.then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
-    let body = RequestBody::new(incoming, route.max_body);
+    // 13. The body: streamed; or, when the call may be sent again (retries, an OAuth2 re-mint), kept
+    //     in memory up to the retry policy's `replay_body` (a larger body is never resent).
+    let policy = route.retry.as_deref();
+    let max_attempts = policy.map_or(1, |p| p.attempts);
+    let may_resend = policy.is_some_and(|p| p.may_resend(&parts.method, &parts.headers));
+    let mut body = RequestBody::new(incoming, route.max_body);
     record.facts.bytes_in = Some(body.counter());
-    // 13. Send, bounded by the route's deadline to the response head; each attempt is timed and,
-    //     with trace export on, is a client span.
-    let mut sent = attempt(conn, record, client, upstream, ep, route, Request::from_parts(parts, body)).await;
-    if let (Some(t), Some(token), Ok(Ok(res))) = (&token_source, &sent_token, &sent) {
-        if res.status() == StatusCode::UNAUTHORIZED {
-            // The vendor refused the token: forget it, mint a new one, and send once more if safe.
-            t.purge(token);
-            if let Some((method, uri, mut headers)) = retry_head {
-                let v = t.header().await.map_err(|e| GatewayError::CredentialUnavailable(e.0))?;
-                headers.insert(http::header::AUTHORIZATION, v);
-                let mut again = Request::new(RequestBody::empty());
-                *again.method_mut() = method;
-                *again.uri_mut() = uri;
-                *again.headers_mut() = headers;
-                record.facts.retries += 1;
-                sent = attempt(conn, record, client, upstream, ep, route, again).await;
+    let replay: Option<bytes::Bytes> = if upgrading {
+        None
+    } else if http_body::Body::is_end_stream(&body) {
+        Some(bytes::Bytes::new())
+    } else if let Some(p) = policy.filter(|p| p.attempts > 1) {
+        match content_length(&parts.headers) {
+            Some(len) if len <= p.replay_body => {
+                use http_body_util::BodyExt as _;
+                let collected = std::mem::replace(&mut body, RequestBody::empty()).collect().await;
+                match collected {
+                    Ok(c) => Some(c.to_bytes()),
+                    Err(e) => {
+                        return Err(match e.downcast::<body::BodyLimitExceeded>() {
+                            Ok(l) => GatewayError::BodyTooLarge { limit: l.limit },
+                            Err(e) => GatewayError::Upstream(UpstreamError {
+                                upstream: upstream.id.clone(),
+                                kind: crate::upstream::UpstreamErrorKind::RequestBody,
+                                fault: crate::upstream::Fault::Downstream,
+                                retryable: false,
+                                source: Some(e),
+                            }),
+                        })
+                    }
+                }
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let mut first_body = Some(body);
+    let client = &snap.clients[route.upstream];
+    if policy.is_some() {
+        client.budget.request();
+    }
+    // 14. Attempts, bounded together by the route's deadline to the response head; each is timed,
+    //     feeds its endpoint's circuit and, with trace export on, is a client span.
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let mut avoid = None;
+    let mut made = 0u32;
+    let mut token_retried = false;
+    let (res, guard) = loop {
+        made += 1;
+        let picked = client.pick(avoid).map_err(|e| pick_error(upstream, e))?;
+        let pq = {
+            let mut pq = String::with_capacity(picked.endpoint.base_path.len() + rest.len() + 1);
+            pq.push_str(&picked.endpoint.base_path);
+            pq.push_str(&rest);
+            if pq.is_empty() {
+                pq.push('/');
+            }
+            if let Some(q) = &query {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            PathAndQuery::try_from(pq).map_err(|_| GatewayError::InvalidPath(normalize::PathError::BadEscape))?
+        };
+        let uri = Uri::builder()
+            .scheme(picked.endpoint.scheme.clone())
+            .authority(picked.endpoint.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| GatewayError::InvalidPath(normalize::PathError::BadEscape))?;
+        let out_body = match &replay {
+            Some(b) if made > 1 || first_body.is_none() => RequestBody::replay(b.clone()),
+            Some(b) if !b.is_empty() => {
+                first_body = None;
+                RequestBody::replay(b.clone())
+            }
+            _ => first_body.take().unwrap_or_else(RequestBody::empty),
+        };
+        let mut out = Request::new(out_body);
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers.clone();
+        *out.version_mut() = Version::HTTP_11; // the pool picks the wire version
+        let mut sent_token = None;
+        if let Some(t) = &token_source {
+            let v = t.header().await.map_err(|e| GatewayError::CredentialUnavailable(e.0))?;
+            out.headers_mut().insert(http::header::AUTHORIZATION, v.clone());
+            sent_token = Some(v);
+        }
+        let now = tokio::time::Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return Err(GatewayError::RequestTimeout(route.timeout));
+        }
+        let per_try = policy.and_then(|p| p.per_try_timeout).map_or(remaining, |p| p.min(remaining));
+        let sent = attempt(conn, record, client, upstream, picked.endpoint, per_try, made - 1, out).await;
+        let latency = now.elapsed();
+        // What happened, and may it be tried again?
+        let (outcome, retry): (Result<Response<Incoming>, GatewayError>, Option<RetryReason>) =
+            match sent {
+                Ok(Ok(res)) => {
+                    client.record(picked.index, res.status().as_u16() < 500, Some(latency));
+                    if let Some(q) = &upstream.quota {
+                        snap.limiter.observe(q, &upstream.id_shared, &account_of(credential), res.status(), res.headers());
+                    }
+                    let status = res.status();
+                    if let (Some(t), Some(token), true) = (&token_source, &sent_token, status == StatusCode::UNAUTHORIZED) {
+                        // The vendor refused the token: forget it, mint a new one, and send once more if safe.
+                        t.purge(token);
+                        if !token_retried && replay.is_some() && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT) {
+                            token_retried = true;
+                            record.facts.retries += 1;
+                            made -= 1;
+                            avoid = None;
+                            continue;
+                        }
+                    }
+                    let retry = policy.filter(|p| may_resend && p.statuses.contains(&status.as_u16())).and_then(|p| {
+                        let ra = crate::ratelimit::vendor::retry_after(res.headers(), std::time::SystemTime::now())
+                            .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default());
+                        match ra {
+                            Some(d) if d > p.max_retry_after => None,
+                            ra => Some(("status", ra)),
+                        }
+                    });
+                    (Ok(res), retry)
+                }
+                Ok(Err(e)) => match UpstreamError::classify(&upstream.id, e) {
+                    Failure::BodyTooLarge(limit) => (Err(GatewayError::BodyTooLarge { limit }), None),
+                    Failure::Upstream(u) => {
+                        use crate::upstream::UpstreamErrorKind as K;
+                        if u.fault == crate::upstream::Fault::Upstream {
+                            client.record(picked.index, false, None);
+                        }
+                        let retry = match (u.kind, policy) {
+                            (K::Connect, Some(p)) if p.on_connect => Some(("connect", None)),
+                            (K::Reset | K::Protocol, Some(p)) if p.on_reset && may_resend => Some(("reset", None)),
+                            (K::Timeout, Some(p)) if p.on_timeout && may_resend => Some(("timeout", None)),
+                            _ => None,
+                        };
+                        (Err(GatewayError::Upstream(u)), retry)
+                    }
+                },
+                Err(_) => {
+                    client.record(picked.index, false, None);
+                    let per_try_fired = per_try < remaining;
+                    let retry = policy.filter(|p| per_try_fired && p.on_timeout && may_resend).map(|_| ("timeout", None));
+                    let limit = if per_try_fired { per_try } else { route.timeout };
+                    (Err(GatewayError::RequestTimeout(limit)), retry)
+                }
+            };
+        if let (Some((reason, after)), Some(p)) = (retry, policy) {
+            let resendable = replay.is_some() || (reason == "connect" && first_body.is_some());
+            if made < p.attempts && resendable {
+                let delay = p.backoff(made).max(after.unwrap_or_default());
+                if tokio::time::Instant::now() + delay >= deadline {
+                    // No time left for another attempt: this answer stands.
+                } else if !client.budget.try_retry() {
+                    client.count_budget_exhausted();
+                    tracing::debug!(request_id = %record.request_id, upstream = %upstream.id, "retry budget spent: not retrying");
+                } else {
+                    tracing::debug!(request_id = %record.request_id, upstream = %upstream.id, reason, attempt = made, "retrying");
+                    record.facts.retries += 1;
+                    client.count_retry(reason);
+                    avoid = Some(picked.index);
+                    drop(outcome);
+                    drop(picked);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
             }
         }
-    }
-    let res = match sent {
-        Err(_) => return Err(GatewayError::RequestTimeout(route.timeout)),
-        Ok(Err(e)) => {
-            return Err(match UpstreamError::classify(&upstream.id, e) {
-                Failure::BodyTooLarge(limit) => GatewayError::BodyTooLarge { limit },
-                Failure::Upstream(u) => GatewayError::Upstream(u),
-            })
-        }
-        Ok(Ok(res)) => res,
+        break (outcome?, picked.guard);
     };
-    // 14. A granted upgrade becomes a byte tunnel between the two connections.
+    let _ = max_attempts;
+    // 15. A granted upgrade becomes a byte tunnel between the two connections.
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             if let Some(f) = &conn.framing {
@@ -361,9 +468,6 @@ async fn forward(
         }
     }
     let (mut parts, body) = res.into_parts();
-    if let Some(q) = &upstream.quota {
-        snap.limiter.observe(q, &upstream.id_shared, &account_of(credential), parts.status, &parts.headers);
-    }
     headers::strip_hop_by_hop(&mut parts.headers, false);
     if let Some(a) = &admitted {
         if a.has_policy() {
@@ -374,7 +478,20 @@ async fn forward(
         }
     }
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+    Ok(Response::from_parts(parts, ResponseBody::Guarded(body, guard)))
+}
+
+/// Why an attempt may be retried, and the vendor's `Retry-After` if it gave one.
+type RetryReason = (&'static str, Option<Duration>);
+
+/// The answer when no endpoint can take the call.
+fn pick_error(upstream: &crate::config::Upstream, e: crate::upstream::resilience::PickError) -> GatewayError {
+    use crate::upstream::resilience::PickError as P;
+    match e {
+        P::CircuitOpen(retry_after) => GatewayError::CircuitOpen { upstream: upstream.id.clone(), retry_after },
+        P::NoHealthy => GatewayError::NoHealthyEndpoint { upstream: upstream.id.clone() },
+        P::Overloaded => GatewayError::Overloaded { upstream: upstream.id.clone() },
+    }
 }
 
 /// The vendor account a call draws on: its credential id (`-` for an upstream without one).
@@ -422,6 +539,7 @@ async fn limit(
 
 type Sent = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, tokio::time::error::Elapsed>;
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 /// One upstream attempt: the client span (with trace export on, injecting its `traceparent`),
 /// the deadline, and the attempt's duration metric.
 async fn attempt(
@@ -430,7 +548,8 @@ async fn attempt(
     client: &crate::upstream::UpstreamClient,
     upstream: &crate::config::Upstream,
     ep: &crate::config::Endpoint,
-    route: &crate::config::Route,
+    timeout: Duration,
+    resend: u32,
     mut out: Request<RequestBody>,
 ) -> Sent {
     let client_span = match (&conn.telemetry.tracing, &record.span) {
@@ -442,7 +561,7 @@ async fn attempt(
     };
     let method = out.method().clone();
     let started = tokio::time::Instant::now();
-    let sent = tokio::time::timeout(route.timeout, client.send(out)).await;
+    let sent = tokio::time::timeout(timeout, client.send(out)).await;
     let outcome = match &sent {
         Ok(Ok(r)) => Ok(r.status().as_u16()),
         Ok(Err(_)) => Err("upstream_error"),
@@ -469,6 +588,9 @@ async fn attempt(
             KeyValue::new("server.address", ep.authority.host().to_owned()),
             KeyValue::new("interlock.upstream", upstream.id.clone()),
         ];
+        if resend > 0 {
+            a.push(KeyValue::new("http.request.resend_count", i64::from(resend)));
+        }
         match outcome {
             Ok(status) => a.push(KeyValue::new("http.response.status_code", i64::from(status))),
             Err(e) => a.push(KeyValue::new("error.type", e)),
@@ -489,14 +611,24 @@ pub fn target_path(
 ) -> String {
     let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 32);
     pq.push_str(&ep.base_path);
-    match &route.rewrite {
-        Some(rw) => rw.apply(m, &mut pq),
-        None => pq.push_str(path),
-    }
+    pq.push_str(&target_rest(route, m, path));
     if pq.is_empty() {
         pq.push('/');
     }
     pq
+}
+
+/// The part of the upstream path after the endpoint's base path: the route's rewrite, or the
+/// normalised path unchanged.
+fn target_rest(route: &crate::config::Route, m: &router::RouteMatch<'_>, path: &str) -> String {
+    match &route.rewrite {
+        Some(rw) => {
+            let mut out = String::with_capacity(path.len() + 32);
+            rw.apply(m, &mut out);
+            out
+        }
+        None => path.to_owned(),
+    }
 }
 
 /// The host a request is addressed to, lower-cased without the port.

@@ -206,6 +206,50 @@ pub struct RateLimitMetrics {
     pub labels: Arc<CommonLabels>,
 }
 
+/// Labels of an endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Upstream id.
+    pub upstream: Label,
+    /// Endpoint URL from config.
+    pub endpoint: Label,
+}
+
+/// Labels of a retry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// Upstream id.
+    pub upstream: Label,
+    /// `connect`, `reset`, `timeout` or `status`.
+    pub reason: Label,
+}
+
+/// Labels with only an upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamOnly {
+    /// Upstream id.
+    pub upstream: Label,
+}
+
+/// Retry, circuit, health and shedding metrics, cloned into upstream clients.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    /// Retries by upstream and reason.
+    pub retries: Family<RetryLabels, Counter>,
+    /// Retries refused by the retry budget.
+    pub budget_exhausted: Family<UpstreamOnly, Counter>,
+    /// Circuit state per endpoint: 0 closed, 1 open, 2 half-open.
+    pub circuit_state: Family<EndpointLabels, Gauge>,
+    /// Times an endpoint was ejected.
+    pub ejections: Family<EndpointLabels, Counter>,
+    /// Health-check verdict per endpoint: 1 healthy, 0 unhealthy.
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    /// Requests refused at once by `max_concurrent`.
+    pub shed: Family<UpstreamOnly, Counter>,
+    /// Shared label values.
+    pub labels: Arc<CommonLabels>,
+}
+
 /// All metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -232,6 +276,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<IssuerLabels, Counter>,
     /// OAuth2 token requests.
     pub token_requests: Family<CredentialLabels, Counter>,
+    /// Retries, circuits, health checks, shedding (handles shared with upstream clients).
+    pub upstream: UpstreamMetrics,
     /// Rate limits and vendor quotas (handles shared with the limiter).
     pub ratelimit: RateLimitMetrics,
     /// Request bytes received.
@@ -315,6 +361,37 @@ impl Metrics {
             "Times a vendor account was paused on the vendor's rate-limit signal",
             vendor_quota_pauses.clone(),
         );
+        let upstream = UpstreamMetrics {
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            circuit_state: Family::default(),
+            ejections: Family::default(),
+            endpoint_healthy: Family::default(),
+            shed: Family::default(),
+            labels: Arc::new(CommonLabels::new()),
+        };
+        registry.register("upstream_retries", "Upstream retries by upstream and reason", upstream.retries.clone());
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not made because the upstream's retry budget was spent",
+            upstream.budget_exhausted.clone(),
+        );
+        registry.register(
+            "upstream_circuit_state",
+            "Circuit state per endpoint: 0 closed, 1 open (ejected), 2 half-open",
+            upstream.circuit_state.clone(),
+        );
+        registry.register("upstream_ejections", "Times an endpoint's circuit opened", upstream.ejections.clone());
+        registry.register(
+            "upstream_endpoint_healthy",
+            "Active health-check verdict per endpoint: 1 healthy, 0 unhealthy",
+            upstream.endpoint_healthy.clone(),
+        );
+        registry.register(
+            "upstream_shed",
+            "Requests refused at once because the upstream's max_concurrent was reached",
+            upstream.shed.clone(),
+        );
         let bytes_in = Counter::default();
         registry.register("request_bytes", "Request body bytes received", bytes_in.clone());
         let bytes_out = Counter::default();
@@ -334,6 +411,7 @@ impl Metrics {
             generation,
             jwks_fetches,
             token_requests,
+            upstream,
             ratelimit: RateLimitMetrics {
                 decisions: ratelimit_decisions,
                 queue_wait: ratelimit_queue_wait,

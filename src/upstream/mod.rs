@@ -5,9 +5,13 @@
 //! endpoints in turn. Clients survive reloads when the transport settings are unchanged, so a reload
 //! keeps warm connections. This module never builds HTTP answers: the proxy's rescue does.
 
+pub mod resilience;
+
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+
+use crate::telemetry::metrics::{EndpointLabels, Label, UpstreamMetrics};
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -166,19 +170,49 @@ impl UpstreamError {
 
 type HyperClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
-/// The pooled client of one upstream and its endpoint rotation.
+/// The pooled client of one upstream, its endpoints' live state and its retry budget.
 pub struct UpstreamClient {
     client: HyperClient,
     endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+    states: Vec<Arc<resilience::EndpointState>>,
+    in_flight: Arc<AtomicUsize>,
+    /// Retries may be at most a share of requests (per upstream).
+    pub budget: Arc<resilience::Budget>,
+    metrics: Option<UpstreamMetrics>,
+    label: Label,
+    health_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The upstream this client was built for (to decide reuse on reload).
     pub built_for: Upstream,
+}
+
+impl Drop for UpstreamClient {
+    fn drop(&mut self) {
+        for t in &self.health_tasks {
+            t.abort();
+        }
+    }
+}
+
+/// An endpoint chosen for one attempt.
+#[derive(Debug)]
+pub struct Picked<'a> {
+    /// Its index (to report the outcome).
+    pub index: usize,
+    /// The endpoint.
+    pub endpoint: &'a Endpoint,
+    /// Counts the request in flight until dropped.
+    pub guard: resilience::InFlight,
 }
 
 impl fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamClient").field("upstream", &self.built_for.id).finish()
     }
+}
+
+/// `scheme://authority/base`, the endpoint's identity for state and metrics.
+pub fn endpoint_url(e: &Endpoint) -> String {
+    format!("{}://{}{}", e.scheme, e.authority, e.base_path)
 }
 
 /// The operating system's trusted roots, loaded once.
@@ -195,7 +229,7 @@ pub fn native_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
 
 impl UpstreamClient {
     /// Builds the client for `u` (its TLS configuration was built by the config compiler).
-    pub fn new(u: &Upstream) -> UpstreamClient {
+    pub fn new(u: &Upstream, metrics: Option<UpstreamMetrics>) -> UpstreamClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -218,29 +252,135 @@ impl UpstreamClient {
             .pool_idle_timeout(u.pool_idle_timeout)
             .pool_max_idle_per_host(u.pool_max_idle_per_host)
             .http2_only(u.protocol == UpstreamProtocol::Http2);
-        UpstreamClient {
-            client: cb.build(connector),
-            endpoints: u.endpoints.clone(),
-            next: AtomicUsize::new(0),
-            built_for: u.clone(),
-        }
+        UpstreamClient::assemble(cb.build(connector), u, None, metrics)
     }
 
-    /// A client for `u` sharing this one's connection pool (same transport, maybe new endpoints).
+    fn assemble(
+        client: HyperClient,
+        u: &Upstream,
+        previous: Option<&UpstreamClient>,
+        metrics: Option<UpstreamMetrics>,
+    ) -> UpstreamClient {
+        // Endpoint state (circuits, health, load) carries over by URL.
+        let states: Vec<_> = u
+            .endpoints
+            .iter()
+            .map(|e| {
+                let url = endpoint_url(e);
+                previous
+                    .and_then(|p| p.states.iter().find(|s| s.url == url).cloned())
+                    .unwrap_or_else(|| Arc::new(resilience::EndpointState::new(url)))
+            })
+            .collect();
+        let budget = match previous {
+            Some(p) if p.budget.settings() == u.retry_budget => p.budget.clone(),
+            _ => Arc::new(resilience::Budget::new(u.retry_budget)),
+        };
+        let in_flight = previous.map_or_else(Arc::default, |p| p.in_flight.clone());
+        let label = Label(u.id_shared.clone());
+        let mut c = UpstreamClient {
+            client,
+            endpoints: u.endpoints.clone(),
+            states,
+            in_flight,
+            budget,
+            metrics,
+            label,
+            health_tasks: Vec::new(),
+            built_for: u.clone(),
+        };
+        c.start_health_checks();
+        c
+    }
+
+    /// A client for `u` sharing this one's connection pool and endpoint state (same transport, maybe
+    /// new endpoints or resilience settings).
     pub fn with_endpoints(&self, u: &Upstream) -> UpstreamClient {
-        UpstreamClient {
-            client: self.client.clone(),
-            endpoints: u.endpoints.clone(),
-            next: AtomicUsize::new(0),
-            built_for: u.clone(),
+        UpstreamClient::assemble(self.client.clone(), u, Some(self), self.metrics.clone())
+    }
+
+    /// The endpoint for the next attempt: power of two choices over the endpoints that are not
+    /// ejected or unhealthy (avoiding `avoid`, the one that just failed, when there is another).
+    pub fn pick(&self, avoid: Option<usize>) -> Result<Picked<'_>, resilience::PickError> {
+        let r = resilience::pick(&self.states, &self.in_flight, self.built_for.max_concurrent, avoid);
+        if let (Err(resilience::PickError::Overloaded), Some(m)) = (&r, &self.metrics) {
+            m.shed.get_or_create(&crate::telemetry::metrics::UpstreamOnly { upstream: self.label.clone() }).inc();
+        }
+        let (index, guard) = r?;
+        Ok(Picked { index, endpoint: &self.endpoints[index], guard })
+    }
+
+    /// Reports an attempt's outcome on endpoint `index` (feeds the circuit and the latency EWMA).
+    pub fn record(&self, index: usize, ok: bool, latency: Option<std::time::Duration>) {
+        if let Some(s) = self.states.get(index) {
+            s.record(ok, latency, self.built_for.circuit.as_ref(), self.metrics.as_ref(), &self.label);
         }
     }
 
-    /// The endpoint for the next request (round robin).
-    pub fn pick(&self) -> &Endpoint {
-        let n = self.endpoints.len();
-        let i = if n == 1 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
-        &self.endpoints[i]
+    /// Counts a retry.
+    pub fn count_retry(&self, reason: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.retries
+                .get_or_create(&crate::telemetry::metrics::RetryLabels {
+                    upstream: self.label.clone(),
+                    reason: m.labels.outcome(reason),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts a retry the budget refused.
+    pub fn count_budget_exhausted(&self) {
+        if let Some(m) = &self.metrics {
+            m.budget_exhausted.get_or_create(&crate::telemetry::metrics::UpstreamOnly { upstream: self.label.clone() }).inc();
+        }
+    }
+
+    /// Each endpoint's live state, for the admin API.
+    pub fn endpoint_views(&self) -> Vec<serde_json::Value> {
+        self.states.iter().map(|s| s.view()).collect()
+    }
+
+    /// Starts one health-check task per endpoint (when configured and a runtime is running); they
+    /// stop when this client is dropped.
+    fn start_health_checks(&mut self) {
+        let Some(hc) = self.built_for.health_check.clone() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        for (ep, state) in self.endpoints.iter().zip(&self.states) {
+            let uri = format!("{}://{}{}{}", ep.scheme, ep.authority, ep.base_path, hc.path);
+            let Ok(uri) = uri.parse::<http::Uri>() else { continue };
+            let (client, state, hc, metrics, label) =
+                (self.client.clone(), state.clone(), hc.clone(), self.metrics.clone(), self.label.clone());
+            if let Some(m) = &metrics {
+                let l = EndpointLabels { upstream: label.clone(), endpoint: Label(state.url.as_str().into()) };
+                m.endpoint_healthy.get_or_create(&l).set(i64::from(state.healthy()));
+            }
+            self.health_tasks.push(rt.spawn(async move {
+                let mut tick = tokio::time::interval(hc.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let mut req = http::Request::new(RequestBody::empty());
+                    *req.uri_mut() = uri.clone();
+                    req.headers_mut().insert(http::header::USER_AGENT, http::HeaderValue::from_static("interlock-health-check"));
+                    let pass = match tokio::time::timeout(hc.timeout, client.request(req)).await {
+                        Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
+                        _ => false,
+                    };
+                    if let Some(now_healthy) = state.record_check(pass, &hc) {
+                        if now_healthy {
+                            tracing::info!(upstream = %label.0, endpoint = %state.url, "endpoint passes its health checks again");
+                        } else {
+                            tracing::warn!(upstream = %label.0, endpoint = %state.url, "endpoint fails its health checks: no traffic until it passes");
+                        }
+                        if let Some(m) = &metrics {
+                            let l = EndpointLabels { upstream: label.clone(), endpoint: Label(state.url.as_str().into()) };
+                            m.endpoint_healthy.get_or_create(&l).set(i64::from(now_healthy));
+                        }
+                    }
+                }
+            }));
+        }
     }
 
     /// Sends a request whose URI is already absolute.
