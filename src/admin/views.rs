@@ -26,6 +26,7 @@ fn route_view(c: &Config, r: &Route) -> Value {
         "timeout": format_duration(r.timeout),
         "max_body": format_size(r.max_body),
         "rate_limits": r.rate_limits.iter().map(|l| l.describe()).collect::<Vec<_>>(),
+        "retry": r.retry.as_ref().map(|p| p.describe()),
     })
 }
 
@@ -46,6 +47,20 @@ fn upstream_view(u: &Upstream) -> Value {
             "default": c.default,
         })).collect::<Vec<_>>(),
         "strip_headers": u.strip_headers.iter().map(|h| h.as_str().to_owned()).collect::<Vec<_>>(),
+        "retry": u.retry.as_ref().map(|r| r.describe()),
+        "circuit_breaker": u.circuit.map(|c| json!({
+            "consecutive_failures": c.consecutive_failures,
+            "base_ejection": format_duration(c.base_ejection),
+            "max_ejection": format_duration(c.max_ejection),
+        })),
+        "health_check": u.health_check.as_ref().map(|h| json!({
+            "path": h.path,
+            "interval": format_duration(h.interval),
+            "timeout": format_duration(h.timeout),
+            "healthy_threshold": h.healthy_threshold,
+            "unhealthy_threshold": h.unhealthy_threshold,
+        })),
+        "max_concurrent": u.max_concurrent,
         "quota": u.quota.as_ref().map(|q| json!({
             "limit": q.limit.describe(),
             "headers": q.dialect.name(),
@@ -76,8 +91,12 @@ pub fn upstreams(s: &Snapshot) -> Value {
         .config
         .upstreams
         .iter()
-        .map(|u| {
+        .enumerate()
+        .map(|(i, u)| {
             let mut v = upstream_view(u);
+            if let Some(c) = s.clients.get(i) {
+                v["endpoint_state"] = json!(c.endpoint_views());
+            }
             if u.quota.is_some() {
                 v["accounts"] = json!(s.limiter.accounts(&u.id));
             }

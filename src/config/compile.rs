@@ -627,34 +627,53 @@ fn compile_retry(
         }
         Some(a) => a.value as u32,
     };
-    let (mut on_connect, mut on_reset, mut on_timeout, mut statuses) = (d.on_connect, d.on_reset, d.on_timeout, d.statuses.clone());
+    let (mut on_connect, mut on_reset, mut on_timeout, mut statuses) =
+        (d.on_connect, d.on_reset, d.on_timeout, d.statuses.clone());
     if let Some(list) = &r.on {
         (on_connect, on_reset, on_timeout) = (false, false, false);
         statuses.clear();
         for o in list {
             match &o.value {
-                super::raw::RawRetryOn::Code(c) if (500..600).contains(c) || *c == 429 || *c == 408 => statuses.push(*c),
-                super::raw::RawRetryOn::Code(c) => e.push(o, &format!("{key}.on"), format!("{c}: only 408, 429 and 5xx answers can be retried")),
+                super::raw::RawRetryOn::Code(c) if (500..600).contains(c) || *c == 429 || *c == 408 => {
+                    statuses.push(*c)
+                }
+                super::raw::RawRetryOn::Code(c) => {
+                    e.push(o, &format!("{key}.on"), format!("{c}: only 408, 429 and 5xx answers can be retried"))
+                }
                 super::raw::RawRetryOn::Word(w) => match w.as_str() {
                     "connect" => on_connect = true,
                     "reset" => on_reset = true,
                     "timeout" => on_timeout = true,
-                    other => e.push(o, &format!("{key}.on"), format!("`{other}`: use `connect`, `reset`, `timeout` or a status code")),
+                    other => e.push(
+                        o,
+                        &format!("{key}.on"),
+                        format!("`{other}`: use `connect`, `reset`, `timeout` or a status code"),
+                    ),
                 },
             }
         }
     }
-    let backoff_base = e.duration(&r.backoff.as_ref().and_then(|b| b.base.clone()), &format!("{key}.backoff.base"), d.backoff_base);
-    let backoff_max = e.duration(&r.backoff.as_ref().and_then(|b| b.max.clone()), &format!("{key}.backoff.max"), d.backoff_max);
+    let backoff_base =
+        e.duration(&r.backoff.as_ref().and_then(|b| b.base.clone()), &format!("{key}.backoff.base"), d.backoff_base);
+    let backoff_max =
+        e.duration(&r.backoff.as_ref().and_then(|b| b.max.clone()), &format!("{key}.backoff.max"), d.backoff_max);
     if backoff_max < backoff_base {
-        e.push_line(r.backoff.as_ref().and_then(|b| b.max.as_ref()).map(|m| m.line), &format!("{key}.backoff.max"), "must not be smaller than `base`");
+        e.push_line(
+            r.backoff.as_ref().and_then(|b| b.max.as_ref()).map(|m| m.line),
+            &format!("{key}.backoff.max"),
+            "must not be smaller than `base`",
+        );
     }
     let per_try_timeout = match &r.per_try_timeout {
         None => d.per_try_timeout,
         Some(t) => Some(e.duration(&Some(t.clone()), &format!("{key}.per_try_timeout"), Duration::from_secs(5))),
     };
     if on_timeout && per_try_timeout.is_none() {
-        e.push_line(r.on.as_ref().and_then(|l| l.first()).map(|o| o.line), &format!("{key}.on"), "`timeout` needs `per_try_timeout`");
+        e.push_line(
+            r.on.as_ref().and_then(|l| l.first()).map(|o| o.line),
+            &format!("{key}.on"),
+            "`timeout` needs `per_try_timeout`",
+        );
     }
     RetryPolicy {
         attempts,

@@ -41,7 +41,13 @@ impl RequestBody {
     }
     /// A body kept in memory, sent again on a retry.
     pub fn replay(b: Bytes) -> RequestBody {
-        RequestBody { inner: None, replay: Some(b).filter(|b| !b.is_empty()), seen: 0, limit: u64::MAX, counter: Arc::default() }
+        RequestBody {
+            inner: None,
+            replay: Some(b).filter(|b| !b.is_empty()),
+            seen: 0,
+            limit: u64::MAX,
+            counter: Arc::default(),
+        }
     }
     /// An empty body (for upgrade requests, whose bytes flow after the 101).
     pub fn empty() -> RequestBody {

@@ -381,59 +381,64 @@ async fn forward(
         let sent = attempt(conn, record, client, upstream, picked.endpoint, per_try, made - 1, out).await;
         let latency = now.elapsed();
         // What happened, and may it be tried again?
-        let (outcome, retry): (Result<Response<Incoming>, GatewayError>, Option<RetryReason>) =
-            match sent {
-                Ok(Ok(res)) => {
-                    client.record(picked.index, res.status().as_u16() < 500, Some(latency));
-                    if let Some(q) = &upstream.quota {
-                        snap.limiter.observe(q, &upstream.id_shared, &account_of(credential), res.status(), res.headers());
-                    }
-                    let status = res.status();
-                    if let (Some(t), Some(token), true) = (&token_source, &sent_token, status == StatusCode::UNAUTHORIZED) {
-                        // The vendor refused the token: forget it, mint a new one, and send once more if safe.
-                        t.purge(token);
-                        if !token_retried && replay.is_some() && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT) {
-                            token_retried = true;
-                            record.facts.retries += 1;
-                            made -= 1;
-                            avoid = None;
-                            continue;
-                        }
-                    }
-                    let retry = policy.filter(|p| may_resend && p.statuses.contains(&status.as_u16())).and_then(|p| {
-                        let ra = crate::ratelimit::vendor::retry_after(res.headers(), std::time::SystemTime::now())
-                            .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default());
-                        match ra {
-                            Some(d) if d > p.max_retry_after => None,
-                            ra => Some(("status", ra)),
-                        }
-                    });
-                    (Ok(res), retry)
+        let (outcome, retry): (Result<Response<Incoming>, GatewayError>, Option<RetryReason>) = match sent {
+            Ok(Ok(res)) => {
+                client.record(picked.index, res.status().as_u16() < 500, Some(latency));
+                if let Some(q) = &upstream.quota {
+                    snap.limiter.observe(q, &upstream.id_shared, &account_of(credential), res.status(), res.headers());
                 }
-                Ok(Err(e)) => match UpstreamError::classify(&upstream.id, e) {
-                    Failure::BodyTooLarge(limit) => (Err(GatewayError::BodyTooLarge { limit }), None),
-                    Failure::Upstream(u) => {
-                        use crate::upstream::UpstreamErrorKind as K;
-                        if u.fault == crate::upstream::Fault::Upstream {
-                            client.record(picked.index, false, None);
-                        }
-                        let retry = match (u.kind, policy) {
-                            (K::Connect, Some(p)) if p.on_connect => Some(("connect", None)),
-                            (K::Reset | K::Protocol, Some(p)) if p.on_reset && may_resend => Some(("reset", None)),
-                            (K::Timeout, Some(p)) if p.on_timeout && may_resend => Some(("timeout", None)),
-                            _ => None,
-                        };
-                        (Err(GatewayError::Upstream(u)), retry)
+                let status = res.status();
+                if let (Some(t), Some(token), true) = (&token_source, &sent_token, status == StatusCode::UNAUTHORIZED) {
+                    // The vendor refused the token: forget it, mint a new one, and send once more if safe.
+                    t.purge(token);
+                    if !token_retried
+                        && replay.is_some()
+                        && matches!(
+                            parts.method,
+                            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
+                        )
+                    {
+                        token_retried = true;
+                        record.facts.retries += 1;
+                        made -= 1;
+                        avoid = None;
+                        continue;
                     }
-                },
-                Err(_) => {
-                    client.record(picked.index, false, None);
-                    let per_try_fired = per_try < remaining;
-                    let retry = policy.filter(|p| per_try_fired && p.on_timeout && may_resend).map(|_| ("timeout", None));
-                    let limit = if per_try_fired { per_try } else { route.timeout };
-                    (Err(GatewayError::RequestTimeout(limit)), retry)
                 }
-            };
+                let retry = policy.filter(|p| may_resend && p.statuses.contains(&status.as_u16())).and_then(|p| {
+                    let ra = crate::ratelimit::vendor::retry_after(res.headers(), std::time::SystemTime::now())
+                        .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default());
+                    match ra {
+                        Some(d) if d > p.max_retry_after => None,
+                        ra => Some(("status", ra)),
+                    }
+                });
+                (Ok(res), retry)
+            }
+            Ok(Err(e)) => match UpstreamError::classify(&upstream.id, e) {
+                Failure::BodyTooLarge(limit) => (Err(GatewayError::BodyTooLarge { limit }), None),
+                Failure::Upstream(u) => {
+                    use crate::upstream::UpstreamErrorKind as K;
+                    if u.fault == crate::upstream::Fault::Upstream {
+                        client.record(picked.index, false, None);
+                    }
+                    let retry = match (u.kind, policy) {
+                        (K::Connect, Some(p)) if p.on_connect => Some(("connect", None)),
+                        (K::Reset | K::Protocol, Some(p)) if p.on_reset && may_resend => Some(("reset", None)),
+                        (K::Timeout, Some(p)) if p.on_timeout && may_resend => Some(("timeout", None)),
+                        _ => None,
+                    };
+                    (Err(GatewayError::Upstream(u)), retry)
+                }
+            },
+            Err(_) => {
+                client.record(picked.index, false, None);
+                let per_try_fired = per_try < remaining;
+                let retry = policy.filter(|p| per_try_fired && p.on_timeout && may_resend).map(|_| ("timeout", None));
+                let limit = if per_try_fired { per_try } else { route.timeout };
+                (Err(GatewayError::RequestTimeout(limit)), retry)
+            }
+        };
         if let (Some((reason, after)), Some(p)) = (retry, policy) {
             let resendable = replay.is_some() || (reason == "connect" && first_body.is_some());
             if made < p.attempts && resendable {

@@ -332,7 +332,9 @@ impl UpstreamClient {
     /// Counts a retry the budget refused.
     pub fn count_budget_exhausted(&self) {
         if let Some(m) = &self.metrics {
-            m.budget_exhausted.get_or_create(&crate::telemetry::metrics::UpstreamOnly { upstream: self.label.clone() }).inc();
+            m.budget_exhausted
+                .get_or_create(&crate::telemetry::metrics::UpstreamOnly { upstream: self.label.clone() })
+                .inc();
         }
     }
 

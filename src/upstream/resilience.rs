@@ -207,6 +207,7 @@ pub struct EndpointState {
     label: Label,
     in_flight: AtomicUsize,
     ewma_us: AtomicU64,
+    ewma_at_ms: AtomicU64,
     healthy: AtomicBool,
     checks: Mutex<(u32, u32)>, // consecutive (passes, failures)
     circuit: Mutex<Circuit>,
@@ -233,6 +234,7 @@ impl EndpointState {
             url,
             in_flight: AtomicUsize::new(0),
             ewma_us: AtomicU64::new(0),
+            ewma_at_ms: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             checks: Mutex::new((0, 0)),
             circuit: Mutex::new(Circuit {
@@ -254,6 +256,15 @@ impl EndpointState {
     /// Latency EWMA (response head), microseconds.
     pub fn ewma_us(&self) -> u64 {
         self.ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// The balancing cost: latency EWMA times (in flight + 1), like linkerd's peak-EWMA balancer.
+    /// The EWMA halves every 10 s without a new sample, so an endpoint that was slow is tried
+    /// again eventually instead of being starved forever.
+    pub fn cost(&self) -> u128 {
+        let age = clock_ms().saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed));
+        let ewma = self.ewma_us() >> (age / 10_000).min(63);
+        u128::from(ewma.max(1)) * (self.in_flight() as u128 + 1)
     }
 
     /// Whether the health checks pass (true without health checks).
@@ -292,12 +303,20 @@ impl EndpointState {
     }
 
     /// Records an attempt's outcome: `ok` is false for a 5xx, a connect error or a timeout.
-    pub fn record(&self, ok: bool, latency: Option<Duration>, settings: Option<&CircuitSettings>, m: Option<&UpstreamMetrics>, upstream: &Label) {
+    pub fn record(
+        &self,
+        ok: bool,
+        latency: Option<Duration>,
+        settings: Option<&CircuitSettings>,
+        m: Option<&UpstreamMetrics>,
+        upstream: &Label,
+    ) {
         if let (true, Some(l)) = (ok, latency) {
             let sample = l.as_micros().min(u128::from(u64::MAX)) as u64;
             let old = self.ewma_us.load(Ordering::Relaxed);
             let new = if old == 0 { sample } else { (old * 7 + sample * 3) / 10 };
             self.ewma_us.store(new, Ordering::Relaxed);
+            self.ewma_at_ms.store(clock_ms(), Ordering::Relaxed);
         }
         let Some(s) = settings else { return };
         let now = Instant::now();
@@ -382,6 +401,12 @@ impl EndpointState {
     }
 }
 
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let e = EPOCH.get_or_init(Instant::now);
+    e.elapsed().as_millis() as u64
+}
+
 fn state_code(s: CircuitState) -> i64 {
     match s {
         CircuitState::Closed => 0,
@@ -415,8 +440,8 @@ impl Drop for InFlight {
     }
 }
 
-/// Chooses an endpoint: power of two choices among those available, fewer in flight wins, then the
-/// lower latency EWMA. `avoid` (the endpoint that just failed) is skipped when there is another.
+/// Chooses an endpoint: power of two choices among those available, the lower cost (latency EWMA
+/// times requests in flight) wins. `avoid` (the endpoint that just failed) is skipped when there is another.
 pub fn pick(
     states: &[Arc<EndpointState>],
     total: &Arc<AtomicUsize>,
@@ -448,35 +473,31 @@ pub fn pick(
         }
     }
     // Probes first: a half-open endpoint gets its one probe as soon as it is due.
-    let choice = if let Some(&(i, _)) = ready.iter().find(|(i, a)| *a == Availability::Probe && states[*i].claim_probe(now)) {
-        Some(i)
-    } else {
-        let closed: Vec<usize> = ready.iter().filter(|(_, a)| *a == Availability::Ready).map(|(i, _)| *i).collect();
-        match closed.len() {
-            0 => None,
-            1 => Some(closed[0]),
-            n => {
-                let a = fastrand::usize(0..n);
-                let mut b = fastrand::usize(0..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (x, y) = (&states[closed[a]], &states[closed[b]]);
-                let better = match x.in_flight().cmp(&y.in_flight()) {
-                    std::cmp::Ordering::Less => a,
-                    std::cmp::Ordering::Greater => b,
-                    std::cmp::Ordering::Equal => {
-                        if x.ewma_us() <= y.ewma_us() {
-                            a
-                        } else {
-                            b
-                        }
+    let choice =
+        if let Some(&(i, _)) = ready.iter().find(|(i, a)| *a == Availability::Probe && states[*i].claim_probe(now)) {
+            Some(i)
+        } else {
+            let closed: Vec<usize> = ready.iter().filter(|(_, a)| *a == Availability::Ready).map(|(i, _)| *i).collect();
+            match closed.len() {
+                0 => None,
+                1 => Some(closed[0]),
+                n => {
+                    let a = fastrand::usize(0..n);
+                    let mut b = fastrand::usize(0..n - 1);
+                    if b >= a {
+                        b += 1;
                     }
-                };
-                Some(closed[better])
+                    let (x, y) = (&states[closed[a]], &states[closed[b]]);
+                    let better = match x.cost().cmp(&y.cost()) {
+                        std::cmp::Ordering::Less => a,
+                        std::cmp::Ordering::Greater => b,
+                        std::cmp::Ordering::Equal if x.in_flight() <= y.in_flight() => a,
+                        std::cmp::Ordering::Equal => b,
+                    };
+                    Some(closed[better])
+                }
             }
-        }
-    };
+        };
     let Some(i) = choice else {
         return Err(if ejected {
             PickError::CircuitOpen(soonest.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now)))
@@ -549,7 +570,9 @@ mod tests {
             states[i].record(false, None, Some(&s), None, &up);
             drop(g);
         }
-        assert!(matches!(pick(&states, &total, None, None), Err(PickError::CircuitOpen(d)) if d > Duration::from_secs(9)));
+        assert!(
+            matches!(pick(&states, &total, None, None), Err(PickError::CircuitOpen(d)) if d > Duration::from_secs(9))
+        );
         tokio::time::advance(Duration::from_secs(11)).await;
         let (i, probe) = pick(&states, &total, None, None).unwrap();
         // While the probe is out, nothing else goes.
@@ -591,5 +614,24 @@ mod tests {
             assert_eq!(pick(&states, &total, None, None).unwrap().0, first);
         }
         assert!(matches!(pick(&states, &total, Some(1), None), Err(PickError::Overloaded)));
+    }
+}
+#[cfg(test)]
+mod cost_tests {
+    use super::*;
+
+    #[test]
+    fn lower_cost_wins_under_concurrency() {
+        let states: Vec<_> = (0..2).map(|i| Arc::new(EndpointState::new(format!("e{i}")))).collect();
+        let total = Arc::new(AtomicUsize::new(0));
+        let up = Label("u".into());
+        states[0].record(true, Some(Duration::from_millis(2)), None, None, &up);
+        states[1].record(true, Some(Duration::from_millis(150)), None, None, &up);
+        let mut guards = Vec::new();
+        for _ in 0..10 {
+            let (i, g) = pick(&states, &total, None, None).unwrap();
+            assert_eq!(i, 0);
+            guards.push(g);
+        }
     }
 }

@@ -13,6 +13,7 @@ mod policy;
 mod proxy;
 mod ratelimit;
 mod reload;
+mod resilience;
 mod streaming;
 mod support;
 mod tls_listener;

@@ -156,3 +156,33 @@ async fn errors_are_spans_too_and_a_dead_collector_never_hurts_requests() {
     }
     assert!(started.elapsed() < Duration::from_secs(5), "export failures slowed requests: {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_call_shows_one_client_span_per_attempt() {
+    let (collector, spans) = receiver().await;
+    let up = Upstream::start().await;
+    let p = Policies::new(&format!(
+        "telemetry:\n  tracing:\n    endpoint: http://{collector}/v1/traces\n    sampling: 1.0\n    timeout: 2s\n"
+    ));
+    p.upstream("up", up.addr, "", "retry:\n  attempts: 2\n  backoff: { base: 1ms, max: 1ms }\n");
+    p.write(
+        "routes/r.yaml",
+        "- id: flaky\n  match:\n    path: /flaky\n  upstream: up\n  anonymous: true\n  rewrite: /status-503\n",
+    );
+    let gw = Running::start(p).await;
+    let (s, h, _) = get(&gw.url("/flaky")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "the vendor's answer after the last attempt");
+    let trace = h["x-trace-id"].to_str().unwrap().to_owned();
+    assert_eq!(up.count(), 2);
+    assert!(gw.shutdown().await);
+    let spans = spans.lock().unwrap().clone();
+    let server = spans.iter().find(|s| s.kind == 2).expect("server span");
+    let clients: Vec<&Span> = spans.iter().filter(|s| s.kind == 3).collect();
+    assert_eq!(clients.len(), 2, "{spans:#?}");
+    for c in &clients {
+        assert_eq!(hex(&c.trace_id), trace);
+        assert_eq!(c.parent_span_id, server.span_id, "attempts are siblings under the server span");
+        assert_eq!(attr(c, "http.response.status_code").as_deref(), Some("503"));
+    }
+    assert_eq!(clients.iter().filter(|c| attr(c, "http.request.resend_count").as_deref() == Some("1")).count(), 1);
+}
