@@ -448,6 +448,8 @@ async fn forward(
                 } else if !client.budget.try_retry() {
                     client.count_budget_exhausted();
                     tracing::debug!(request_id = %record.request_id, upstream = %upstream.id, "retry budget spent: not retrying");
+                } else if !retry_quota(snap, upstream, credential).await {
+                    tracing::debug!(request_id = %record.request_id, upstream = %upstream.id, "vendor quota spent: not retrying");
                 } else {
                     tracing::debug!(request_id = %record.request_id, upstream = %upstream.id, reason, attempt = made, "retrying");
                     record.facts.retries += 1;
@@ -484,6 +486,29 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, ResponseBody::Guarded(body, guard)))
+}
+
+/// A retry is another vendor call: it draws on the vendor-account quota like the first (without
+/// queueing: when the account has no allowance now, the last answer stands).
+async fn retry_quota(
+    snap: &Snapshot,
+    upstream: &crate::config::Upstream,
+    credential: Option<&crate::credentials::Credential>,
+) -> bool {
+    let Some(q) = upstream.quota.as_ref().filter(|q| !q.limit.windows.is_empty()) else { return true };
+    let account = account_of(credential);
+    let check = crate::ratelimit::Check {
+        spec: q.limit.clone(),
+        subject: account.clone(),
+        account: Some((upstream.id_shared.clone(), account)),
+    };
+    match snap.limiter.acquire_now(std::slice::from_ref(&check)).await {
+        Ok(a) => {
+            a.wait().await;
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Why an attempt may be retried, and the vendor's `Retry-After` if it gave one.

@@ -348,12 +348,22 @@ impl Limiter {
     /// Passes every check, in order, or none: a refusal gives back what earlier checks reserved.
     /// An admitted request may have to wait ([`Admitted::wait`]) before it is sent.
     pub async fn acquire(self: &Arc<Self>, checks: &[Check]) -> Result<Admitted, Refused> {
+        self.acquire_with(checks, false).await
+    }
+
+    /// Like [`Limiter::acquire`], but never queues: for a retry, which goes now or not at all.
+    pub async fn acquire_now(self: &Arc<Self>, checks: &[Check]) -> Result<Admitted, Refused> {
+        self.acquire_with(checks, true).await
+    }
+
+    async fn acquire_with(self: &Arc<Self>, checks: &[Check], no_wait: bool) -> Result<Admitted, Refused> {
         let now = self.now();
         let mut admitted = Admitted { limiter: self.clone(), go_at: now, now, holds: Vec::new(), states: Vec::new() };
         for check in checks {
             let spec = &check.spec;
             let pause = self.pause_of(&check.account, now);
             let (max_wait, max_queued) = match spec.on_exhausted {
+                _ if no_wait => (0, 0),
                 Exhausted::Reject => (0, 0),
                 Exhausted::Queue { max_wait, max_queued } => (max_wait.as_nanos() as u64, max_queued),
             };

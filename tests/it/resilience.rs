@@ -379,3 +379,24 @@ async fn max_concurrent_sheds_load_at_once() {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_draw_on_the_vendor_account_quota() {
+    let v = Vendor::start().await;
+    v.status.store(503, Ordering::SeqCst);
+    let gw = Running::start(gateway_files(
+        &[format!("http://{}", v.addr)],
+        &format!("{RETRY}quota:\n  limits: [4/1m]\n"),
+        "",
+    ))
+    .await;
+    // Three attempts spend three units of the account's four.
+    assert_eq!(get(&gw.url("/r/x")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v.count(), 3);
+    // The fourth unit goes to the next call's first attempt; its retries find no allowance.
+    assert_eq!(get(&gw.url("/r/x")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v.count(), 4);
+    let (s, h, b) = get(&gw.url("/r/x")).await;
+    assert_problem(s, &h, &b, 429, "rate-limited");
+    assert_eq!(v.count(), 4);
+}
