@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the per-request hot pieces: path normalisation and route lookup.
+//! Micro-benchmarks of the per-request hot pieces: path normalisation, route lookup, and the rate
+//! limiter's check (per-caller limit + vendor-account quota, admitted, and vendor header reading).
 //!
 //! `cargo bench --bench hot_paths`
 
@@ -59,5 +60,56 @@ fn routing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, normalisation, routing);
+fn limiter(c: &mut Criterion) {
+    use interlock::ratelimit::{Check, Exhausted, LimitSpec, Limiter, Quota, Scope, Window};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let l = Arc::new(Limiter::new(None));
+    let w = |limit| vec![Window { limit, per: Duration::from_secs(1), burst: limit }];
+    let caller =
+        Arc::new(LimitSpec::new("route:r:caller", "caller", Scope::Caller, w(u64::MAX / 4), Exhausted::Reject, false));
+    let quota = Quota {
+        limit: Arc::new(LimitSpec::new(
+            "upstream:u",
+            "account",
+            Scope::Account,
+            w(u64::MAX / 4),
+            Exhausted::Reject,
+            false,
+        )),
+        dialect: interlock::ratelimit::vendor::Dialect::CrowdStrike,
+        reserve: 0,
+        pause_without_reset: Duration::from_secs(1),
+        max_pause: Duration::from_secs(60),
+    };
+    let (u, cred): (Arc<str>, Arc<str>) = ("u".into(), "main".into());
+    let checks = [
+        Check { spec: caller.clone(), subject: "soar".into(), account: None },
+        Check { spec: quota.limit.clone(), subject: cred.clone(), account: Some((u.clone(), cred.clone())) },
+    ];
+    let mut g = c.benchmark_group("ratelimit");
+    g.bench_function("caller_and_account_admitted", |b| {
+        b.iter(|| rt.block_on(async { l.acquire(black_box(&checks)).await.map(|a| a.delay()).ok() }))
+    });
+    g.bench_function("caller_and_account_with_headers", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let a = l.acquire(black_box(&checks)).await.ok()?;
+                let mut h = http::HeaderMap::new();
+                a.add_headers(&mut h);
+                Some(h.len())
+            })
+        })
+    });
+    let mut vendor_headers = http::HeaderMap::new();
+    vendor_headers.insert("x-ratelimit-limit", http::HeaderValue::from_static("6000"));
+    vendor_headers.insert("x-ratelimit-remaining", http::HeaderValue::from_static("5123"));
+    g.bench_function("observe_vendor_headers", |b| {
+        b.iter(|| l.observe(&quota, &u, &cred, http::StatusCode::OK, black_box(&vendor_headers)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, normalisation, routing, limiter);
 criterion_main!(benches);
