@@ -464,7 +464,7 @@ pub struct RawUpstream {
     /// Marks the file as a development fixture: inline secrets are then allowed.
     #[serde(default)]
     pub dev_fixture: bool,
-    /// Base URLs (`https://api.vendor.com/v3`); requests are spread over them in turn.
+    /// Base URLs (`https://api.vendor.com/v3`); requests are balanced over them (power of two choices).
     pub endpoints: Vec<Sp<String>>,
     /// Upstream protocol: `auto` (ALPN on https, HTTP/1.1 on http; default), `http1`, `http2`.
     pub protocol: Option<Sp<String>>,
