@@ -166,6 +166,14 @@ impl TokenSource {
 
     /// The `Authorization` value to send now: cached, or minted (once, for every waiter).
     pub async fn header(&self) -> Result<HeaderValue, TokenUnavailable> {
+        self.header_traced(None).await
+    }
+
+    /// Like [`TokenSource::header`]; a token request made for it is a span under `trace`'s context.
+    pub async fn header_traced(
+        &self,
+        trace: Option<(&crate::telemetry::otel::Tracing, &opentelemetry::Context)>,
+    ) -> Result<HeaderValue, TokenUnavailable> {
         if let Some(h) = self.fresh(Instant::now()) {
             return Ok(h);
         }
@@ -177,7 +185,19 @@ impl TokenSource {
         }
         let in_backoff = st.retry_at.is_some_and(|r| now < r);
         if !in_backoff {
-            match self.mint_now().await {
+            let span = trace.map(|(t, parent)| t.side_call_span(parent, "POST oauth2 token"));
+            let minted = self.mint_now().await;
+            if let Some(cx) = &span {
+                use opentelemetry::KeyValue;
+                let attrs = vec![
+                    KeyValue::new("http.request.method", "POST"),
+                    KeyValue::new("server.address", self.settings.token_url.host().unwrap_or("").to_owned()),
+                    KeyValue::new("interlock.credential", self.id.clone()),
+                    KeyValue::new("interlock.token.result", if minted.is_ok() { "ok" } else { "failed" }),
+                ];
+                crate::telemetry::otel::end(cx, attrs, minted.is_err());
+            }
+            match minted {
                 Ok(t) => {
                     st.failures = 0;
                     st.retry_at = None;

@@ -368,7 +368,8 @@ async fn forward(
         *out.version_mut() = Version::HTTP_11; // the pool picks the wire version
         let mut sent_token = None;
         if let Some(t) = &token_source {
-            let v = t.header().await.map_err(|e| GatewayError::CredentialUnavailable(e.0))?;
+            let trace = conn.telemetry.tracing.as_ref().zip(record.span.as_ref());
+            let v = t.header_traced(trace).await.map_err(|e| GatewayError::CredentialUnavailable(e.0))?;
             out.headers_mut().insert(http::header::AUTHORIZATION, v.clone());
             sent_token = Some(v);
         }

@@ -135,6 +135,13 @@ impl Tracing {
         cx
     }
 
+    /// Starts a client span for a call the gateway makes on its own behalf (an OAuth2 token
+    /// request), as a child of the request that needed it.
+    pub fn side_call_span(&self, parent: &Context, name: &'static str) -> Context {
+        let span = self.tracer.span_builder(name).with_kind(SpanKind::Client).start_with_context(&self.tracer, parent);
+        parent.with_span(span)
+    }
+
     /// Flushes queued spans (on shutdown), bounded in time.
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));

@@ -226,3 +226,37 @@ async fn an_idp_outage_backs_off_and_fails_closed_with_a_clear_answer() {
     assert_eq!(get(&gw.url("/cs/y")).await.0, StatusCode::OK);
     assert_eq!(idp.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_request_is_a_span_in_the_trace_of_the_call_that_needed_it() {
+    let (collector, spans) = crate::traces::receiver().await;
+    let idp = Idp::start().await;
+    let vendor = vendor(valid_tokens(1), Arc::default()).await;
+    let p = Policies::new(&format!(
+        "telemetry:\n  tracing:\n    endpoint: http://{collector}/v1/traces\n    sampling: 1.0\n    timeout: 2s\n"
+    ));
+    p.write("cs.id", "client-id");
+    p.write("cs.secret", "client-secret");
+    p.upstream(
+        "cs",
+        vendor,
+        "",
+        &format!("credential:\n  id: cs-main\n  oauth2:\n    token_url: http://{}/oauth2/token\n    client_id: file:cs.id\n    client_secret: file:cs.secret\n", idp.addr),
+    );
+    p.write("routes/r.yaml", "- id: cs\n  match:\n    path: /cs/**\n  upstream: cs\n  anonymous: true\n");
+    let gw = Running::start(p).await;
+    let (s, h, _) = get(&gw.url("/cs/x")).await;
+    assert_eq!(s, StatusCode::OK);
+    let trace = h["x-trace-id"].to_str().unwrap().to_owned();
+    assert_eq!(get(&gw.url("/cs/y")).await.0, StatusCode::OK); // cached: no second token span
+    assert!(gw.shutdown().await);
+    let spans = spans.lock().unwrap().clone();
+    let token: Vec<_> = spans.iter().filter(|s| s.name == "POST oauth2 token").collect();
+    assert_eq!(token.len(), 1, "{spans:#?}");
+    let t = token[0];
+    assert_eq!(t.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>(), trace);
+    let server = spans.iter().find(|s| s.kind == 2 && s.trace_id == t.trace_id).unwrap();
+    assert_eq!(t.parent_span_id, server.span_id);
+    assert_eq!(crate::traces::attr(t, "interlock.credential").as_deref(), Some("cs-main"));
+    assert_eq!(crate::traces::attr(t, "interlock.token.result").as_deref(), Some("ok"));
+}

@@ -17,7 +17,7 @@ use prost::Message as _;
 use crate::support::*;
 
 /// An OTLP/HTTP receiver: decodes every POST body as `ExportTraceServiceRequest`.
-async fn receiver() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
+pub(crate) async fn receiver() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
     let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -51,7 +51,7 @@ async fn receiver() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
     (addr, spans)
 }
 
-fn attr(span: &Span, key: &str) -> Option<String> {
+pub(crate) fn attr(span: &Span, key: &str) -> Option<String> {
     span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref()).map(
         |v| match v {
             Value::StringValue(s) => s.clone(),
