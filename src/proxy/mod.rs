@@ -366,6 +366,9 @@ async fn forward(
         *out.uri_mut() = uri;
         *out.headers_mut() = parts.headers.clone();
         *out.version_mut() = Version::HTTP_11; // the pool picks the wire version
+        if let Some(c) = &caller {
+            out.extensions_mut().insert(c.clone()); // typed request fact, never an internal header
+        }
         let mut sent_token = None;
         if let Some(t) = &token_source {
             let trace = conn.telemetry.tracing.as_ref().zip(record.span.as_ref());
