@@ -110,6 +110,8 @@ pub struct LimitSpec {
     cells: Vec<Cell>,
     cells_us: Vec<Cell>,
     policy: Option<HeaderValue>,
+    /// `caller-1m`, per window: the item names of the `RateLimit*` headers.
+    items: Vec<String>,
     label: Label,
 }
 
@@ -141,6 +143,7 @@ impl LimitSpec {
             cells,
             cells_us,
             policy: HeaderValue::from_str(&policy).ok().filter(|_| !windows.is_empty()),
+            items: windows.iter().map(|w| format!("{name}-{}", window_name(w))).collect(),
             label: Label(id.into()),
             windows,
         }
@@ -580,8 +583,8 @@ impl Limiter {
 
 /// `"caller-1m";r=3;t=45, ...` for one limit's state at `now` (`wait`: a refusal's retry time).
 fn ratelimit_value(spec: &LimitSpec, tats: &[u64], now: u64, wait: Option<Duration>) -> String {
-    let mut out = String::new();
-    for (i, (w, cell)) in spec.windows.iter().zip(&spec.cells).enumerate() {
+    let mut out = String::with_capacity(spec.items.len() * 32);
+    for (i, (item, cell)) in spec.items.iter().zip(&spec.cells).enumerate() {
         let tat = tats.get(i).copied().unwrap_or(0);
         let (left, owed) = gcra::remaining(*cell, tat, now);
         let mut t = owed.div_ceil(1_000_000_000);
@@ -593,7 +596,7 @@ fn ratelimit_value(spec: &LimitSpec, tats: &[u64], now: u64, wait: Option<Durati
         if !out.is_empty() {
             out.push_str(", ");
         }
-        let _ = write!(out, "\"{}-{}\";r={left};t={t}", spec.name, window_name(w));
+        let _ = write!(out, "\"{item}\";r={left};t={t}");
     }
     out
 }
