@@ -529,6 +529,9 @@ fn compile_windows(list: &[Sp<super::raw::RawWindow>], key: &str, e: &mut Errs<'
             Ok((limit, per, burst)) if limit == 0 || burst == 0 || per.is_zero() => {
                 e.push(w, &k, "limit, burst and period must be greater than zero")
             }
+            Ok(_) if out.len() == crate::ratelimit::MAX_WINDOWS => {
+                e.push(w, &k, format!("at most {} windows per limit", crate::ratelimit::MAX_WINDOWS))
+            }
             Ok((limit, per, burst)) => out.push(crate::ratelimit::Window { limit, per, burst }),
             Err(m) => e.push(w, &k, m),
         }

@@ -37,6 +37,26 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 const SHARDS: usize = 16;
+/// Windows per limit (more is a config error): state copies stay on the stack.
+pub const MAX_WINDOWS: usize = 4;
+
+/// A copy of a key's window state, without allocating.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tats {
+    n: usize,
+    v: [u64; MAX_WINDOWS],
+}
+
+impl Tats {
+    fn of(s: &[u64]) -> Tats {
+        let mut t = Tats { n: s.len().min(MAX_WINDOWS), v: [0; MAX_WINDOWS] };
+        t.v[..t.n].copy_from_slice(&s[..t.n]);
+        t
+    }
+    fn get(&self) -> &[u64] {
+        &self.v[..self.n]
+    }
+}
 
 /// (limit id, subject), or (upstream id, credential id) for a vendor account.
 type Key = (Arc<str>, Arc<str>);
@@ -110,6 +130,8 @@ pub struct LimitSpec {
     cells: Vec<Cell>,
     cells_us: Vec<Cell>,
     policy: Option<HeaderValue>,
+    /// Decision counters (admitted, queued, rejected, unavailable), looked up once.
+    counters: std::sync::OnceLock<[prometheus_client::metrics::counter::Counter; 4]>,
     /// `caller-1m`, per window: the item names of the `RateLimit*` headers.
     items: Vec<String>,
     label: Label,
@@ -144,6 +166,7 @@ impl LimitSpec {
             cells_us,
             policy: HeaderValue::from_str(&policy).ok().filter(|_| !windows.is_empty()),
             items: windows.iter().map(|w| format!("{name}-{}", window_name(w))).collect(),
+            counters: std::sync::OnceLock::new(),
             label: Label(id.into()),
             windows,
         }
@@ -281,6 +304,8 @@ pub struct Limiter {
     shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
     vendors: Mutex<HashMap<Key, VendorState>>,
+    /// The latest end of any vendor pause: while it is past, no account's pause needs looking up.
+    latest_pause: std::sync::atomic::AtomicU64,
     shared: arc_swap::ArcSwapOption<shared::Shared>,
     metrics: Option<RateLimitMetrics>,
 }
@@ -297,6 +322,7 @@ impl Limiter {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard { map: HashMap::new(), sweep_at: SWEEP_FLOOR })).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             vendors: Mutex::new(HashMap::new()),
+            latest_pause: std::sync::atomic::AtomicU64::new(0),
             shared: arc_swap::ArcSwapOption::empty(),
             metrics,
         }
@@ -343,8 +369,10 @@ impl Limiter {
 
     fn pause_of(&self, account: &Option<(Arc<str>, Arc<str>)>, now: u64) -> u64 {
         match account {
-            Some(k) => lock(&self.vendors).get(k).map_or(0, |v| v.pause_until).max(now),
-            None => now,
+            Some(k) if self.latest_pause.load(std::sync::atomic::Ordering::Relaxed) > now => {
+                lock(&self.vendors).get(k).map_or(0, |v| v.pause_until).max(now)
+            }
+            _ => now,
         }
     }
 
@@ -401,13 +429,15 @@ impl Limiter {
                 Some(r) => {
                     let at = now + r.wait_us.saturating_mul(1000);
                     // The store's clock: only the time owed per window matters for the headers.
-                    let tats = r.tats.iter().map(|t| now + t.saturating_sub(r.now_us).saturating_mul(1000)).collect();
+                    let owed: Vec<u64> = r.tats.iter().map(|t| now + t.saturating_sub(r.now_us).saturating_mul(1000)).collect();
+                    let tats = Tats::of(&owed);
                     (if r.admitted { Verdict::Admit { at } } else { Verdict::Refuse { at } }, tats, None)
                 }
                 None => {
                     let v = gcra::reserve(&spec.cells, &mut entry.tats, now, pause, max_wait);
-                    let reserved = matches!(v, Verdict::Admit { .. }).then(|| entry.tats.clone());
-                    (v, entry.tats.clone(), reserved)
+                    let tats = Tats::of(&entry.tats);
+                    let reserved = matches!(v, Verdict::Admit { .. }).then_some(tats);
+                    (v, tats, reserved)
                 }
             };
             match verdict {
@@ -415,7 +445,7 @@ impl Limiter {
                     let queued = at > now;
                     if queued && entry.queued >= max_queued {
                         if let Some(r) = &reserved {
-                            gcra::release(&spec.cells, &mut entry.tats, r);
+                            gcra::release(&spec.cells, &mut entry.tats, r.get());
                         }
                         drop(shard);
                         self.decided(spec, "rejected");
@@ -448,14 +478,24 @@ impl Limiter {
     }
 
     fn decided(&self, spec: &LimitSpec, outcome: &'static str) {
-        if let Some(m) = &self.metrics {
-            m.decisions
-                .get_or_create(&crate::telemetry::metrics::DecisionLabels {
-                    limit: spec.label.clone(),
-                    outcome: m.labels.outcome(outcome),
-                })
-                .inc();
-        }
+        let Some(m) = &self.metrics else { return };
+        let counters = spec.counters.get_or_init(|| {
+            ["admitted", "queued", "rejected", "unavailable"].map(|o| {
+                m.decisions
+                    .get_or_create(&crate::telemetry::metrics::DecisionLabels {
+                        limit: spec.label.clone(),
+                        outcome: m.labels.outcome(o),
+                    })
+                    .clone()
+            })
+        });
+        let i = match outcome {
+            "admitted" => 0,
+            "queued" => 1,
+            "rejected" => 2,
+            _ => 3,
+        };
+        counters[i].inc();
     }
 
     fn count_backend_error(&self, fail_open: bool) {
@@ -468,12 +508,12 @@ impl Limiter {
         }
     }
 
-    fn refuse(&self, spec: &LimitSpec, kind: RefusedKind, wait: Duration, tats: Option<Vec<u64>>) -> Refused {
+    fn refuse(&self, spec: &LimitSpec, kind: RefusedKind, wait: Duration, tats: Option<Tats>) -> Refused {
         let mut headers = Vec::new();
         if let Some(p) = &spec.policy {
             headers.push((RATELIMIT_POLICY, p.clone()));
             let tats = tats.unwrap_or_default();
-            if let Ok(v) = HeaderValue::from_str(&ratelimit_value(spec, &tats, self.now(), Some(wait))) {
+            if let Ok(v) = HeaderValue::from_str(&ratelimit_value(spec, tats.get(), self.now(), Some(wait))) {
                 headers.push((RATELIMIT, v));
             }
         }
@@ -497,6 +537,9 @@ impl Limiter {
         status: StatusCode,
         h: &HeaderMap,
     ) {
+        if !vendor::signals(quota.dialect, status, h) {
+            return; // the common case: nothing to read, not even the clock
+        }
         let wall = SystemTime::now();
         let s = vendor::read(quota.dialect, status, h, wall);
         if s.is_empty() {
@@ -520,6 +563,7 @@ impl Limiter {
                 let d = until.duration_since(wall).unwrap_or_default();
                 let at = now + d.as_nanos() as u64;
                 if at > v.pause_until {
+                    self.latest_pause.fetch_max(at, std::sync::atomic::Ordering::Relaxed);
                     paused = v.pause_until <= now;
                     v.pause_until = at;
                     v.pause_wall = Some(until);
@@ -606,7 +650,7 @@ struct Hold {
     spec: Arc<LimitSpec>,
     key: (Arc<str>, Arc<str>),
     /// The windows' state right after our reservation (local store only), to give it back.
-    reserved: Option<Vec<u64>>,
+    reserved: Option<Tats>,
     queued: bool,
 }
 
@@ -618,7 +662,7 @@ pub struct Admitted {
     go_at: u64,
     now: u64,
     holds: Vec<Hold>,
-    states: Vec<(Arc<LimitSpec>, Vec<u64>, u64)>,
+    states: Vec<(Arc<LimitSpec>, Tats, u64)>,
 }
 
 impl Admitted {
@@ -661,7 +705,7 @@ impl Admitted {
         for (spec, tats, at) in &self.states {
             if let Some(p) = &spec.policy {
                 h.append(RATELIMIT_POLICY, p.clone());
-                if let Ok(v) = HeaderValue::from_str(&ratelimit_value(spec, tats, *at, None)) {
+                if let Ok(v) = HeaderValue::from_str(&ratelimit_value(spec, tats.get(), *at, None)) {
                     h.append(RATELIMIT, v);
                 }
             }
@@ -676,7 +720,7 @@ impl Admitted {
                 spec.cells
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| gcra::remaining(*c, tats.get(i).copied().unwrap_or(0), *at).0)
+                    .map(|(i, c)| gcra::remaining(*c, tats.get().get(i).copied().unwrap_or(0), *at).0)
             })
             .min()
     }
@@ -691,7 +735,7 @@ impl Drop for Admitted {
                     e.queued = e.queued.saturating_sub(1);
                 }
                 if let Some(reserved) = &h.reserved {
-                    gcra::release(&h.spec.cells, &mut e.tats, reserved);
+                    gcra::release(&h.spec.cells, &mut e.tats, reserved.get());
                 }
             }
         }

@@ -109,6 +109,18 @@ pub fn retry_after(h: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
     httpdate::parse_http_date(v).ok()
 }
 
+/// Whether a response may carry a signal in `dialect` (a cheap look before [`read`]).
+pub fn signals(dialect: Dialect, status: StatusCode, h: &HeaderMap) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::SERVICE_UNAVAILABLE
+        || match dialect {
+            Dialect::None => false,
+            Dialect::Ietf => h.contains_key("ratelimit") || h.contains_key("ratelimit-remaining"),
+            Dialect::XRateLimit | Dialect::CrowdStrike => h.contains_key("x-ratelimit-remaining"),
+            Dialect::Okta => h.contains_key("x-rate-limit-remaining"),
+        }
+}
+
 /// Reads the signals of `dialect` from a response.
 pub fn read(dialect: Dialect, status: StatusCode, h: &HeaderMap, now: SystemTime) -> Signal {
     let throttled = status == StatusCode::TOO_MANY_REQUESTS;
