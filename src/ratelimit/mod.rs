@@ -429,7 +429,8 @@ impl Limiter {
                 Some(r) => {
                     let at = now + r.wait_us.saturating_mul(1000);
                     // The store's clock: only the time owed per window matters for the headers.
-                    let owed: Vec<u64> = r.tats.iter().map(|t| now + t.saturating_sub(r.now_us).saturating_mul(1000)).collect();
+                    let owed: Vec<u64> =
+                        r.tats.iter().map(|t| now + t.saturating_sub(r.now_us).saturating_mul(1000)).collect();
                     let tats = Tats::of(&owed);
                     (if r.admitted { Verdict::Admit { at } } else { Verdict::Refuse { at } }, tats, None)
                 }
