@@ -97,6 +97,11 @@ enum Command {
         #[arg(long, env = "INTERLOCK_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// OCSF schema data.
+    Ocsf {
+        #[command(subcommand)]
+        command: OcsfCommand,
+    },
     /// Start simulated vendor APIs and the gateway in front of them, and print commands to try.
     Demo {
         /// Policies to use; default `policies/demo` if present, else the copy built into the binary.
@@ -115,6 +120,22 @@ enum KeysCommand {
         /// A name for the key in logs and audit (default: `<caller>-<date>`).
         #[arg(long)]
         id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OcsfCommand {
+    /// Compile event classes of an OCSF schema directory (a checkout of ocsf-schema) into the
+    /// compact validation data Interlock embeds (`src/translate/data/ocsf-<version>.json`).
+    Compile {
+        /// The schema directory (holds `version.json`, `dictionary.json`, `events/`, `objects/`).
+        dir: PathBuf,
+        /// Event classes by name (repeatable); default: the classes the shipped mappings produce.
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -223,8 +244,45 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Tap { admin, route, caller, status, token } => tap(&admin, route, caller, status, token),
+        Command::Ocsf { command: OcsfCommand::Compile { dir, classes, out } } => {
+            ocsf_compile(&dir, &classes, out.as_deref())
+        }
         Command::Demo { config } => crate::demo::main(config),
     }
+}
+
+fn ocsf_compile(dir: &Path, classes: &[String], out: Option<&Path>) -> ExitCode {
+    let names: Vec<&str> = if classes.is_empty() {
+        crate::translate::ocsf::DEFAULT_CLASSES.to_vec()
+    } else {
+        classes.iter().map(String::as_str).collect()
+    };
+    let schema = match crate::translate::ocsf::compile(dir, &names) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let text = serde_json::to_string(&schema).unwrap_or_default() + "\n";
+    match out {
+        None => print!("{text}"),
+        Some(p) => {
+            if let Err(e) = std::fs::write(p, &text) {
+                eprintln!("cannot write {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+            eprintln!(
+                "wrote {} (OCSF {}: {} classes, {} objects, {} bytes)",
+                p.display(),
+                schema.version,
+                schema.classes.len(),
+                schema.objects.len(),
+                text.len()
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `interlock explain`: the same engine as the proxy, offline. Returns (exit code, report):

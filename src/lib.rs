@@ -34,4 +34,5 @@ pub mod ratelimit;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
+pub mod translate;
 pub mod upstream;

@@ -161,7 +161,17 @@ fn merge(attrs: &mut BTreeMap<String, (Value, bool)>, k: &str, v: &Value, from_p
     let entry = attrs.entry(k.to_owned()).or_insert_with(|| (Value::Object(Default::default()), from_profile));
     if let (Some(dst), Some(src)) = (entry.0.as_object_mut(), v.as_object()) {
         for (sk, sv) in src {
-            dst.insert(sk.clone(), sv.clone());
+            // Enumerations extend the parent's (`0 Unknown` and `99 Other` come from the base).
+            match (dst.get_mut(sk), sk.as_str()) {
+                (Some(Value::Object(old)), "enum") => {
+                    for (ek, ev) in sv.as_object().into_iter().flatten() {
+                        old.insert(ek.clone(), ev.clone());
+                    }
+                }
+                _ => {
+                    dst.insert(sk.clone(), sv.clone());
+                }
+            }
         }
     }
     entry.1 = entry.1 && from_profile;
@@ -177,6 +187,9 @@ fn enum_values(v: &Value) -> Option<Vec<i64>> {
 fn string_list(v: &Value, key: &str) -> Vec<String> {
     v.get(key).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
 }
+
+/// The classes the shipped mappings produce (what `interlock ocsf compile` includes by default).
+pub const DEFAULT_CLASSES: [&str; 3] = ["detection_finding", "authentication", "account_change"];
 
 /// Compiles the classes named in `classes` (e.g. `detection_finding`) from the schema at `root`.
 pub fn compile(root: &Path, classes: &[&str]) -> Result<Schema, String> {
@@ -209,7 +222,8 @@ pub fn compile(root: &Path, classes: &[&str]) -> Result<Schema, String> {
                 None => break,
             }
         }
-        let range = t.get("range").and_then(Value::as_array).and_then(|r| Some((r.first()?.as_i64()?, r.get(1)?.as_i64()?)));
+        let range =
+            t.get("range").and_then(Value::as_array).and_then(|r| Some((r.first()?.as_i64()?, r.get(1)?.as_i64()?)));
         let max_len = t.get("max_len").and_then(Value::as_u64).map(|n| n as usize);
         types.insert(name.clone(), Scalar { base, max_len, range });
     }
@@ -218,23 +232,38 @@ pub fn compile(root: &Path, classes: &[&str]) -> Result<Schema, String> {
         let mut out = BTreeMap::new();
         for (name, (local, from_profile)) in attrs {
             let global = dict_attrs.get(&name).cloned().unwrap_or(Value::Null);
-            let kind = local
-                .get("type")
-                .or_else(|| global.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("json_t")
-                .to_owned();
+            let kind =
+                local.get("type").or_else(|| global.get("type")).and_then(Value::as_str).unwrap_or("json_t").to_owned();
             let kind = if kind == "object_t" {
-                local.get("object_type").or_else(|| global.get("object_type")).and_then(Value::as_str).unwrap_or("object").to_owned()
+                local
+                    .get("object_type")
+                    .or_else(|| global.get("object_type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("object")
+                    .to_owned()
             } else {
                 kind
             };
             if !kind.ends_with("_t") && kind != "object" {
                 pending.push(kind.clone());
             }
-            let array = local.get("is_array").or_else(|| global.get("is_array")).and_then(Value::as_bool).unwrap_or(false);
+            let array =
+                local.get("is_array").or_else(|| global.get("is_array")).and_then(Value::as_bool).unwrap_or(false);
             let required = !from_profile && local.get("requirement").and_then(Value::as_str) == Some("required");
-            let enumeration = if name.ends_with("_id") { enum_values(&local).or_else(|| enum_values(&global)) } else { None };
+            // A class's enumeration extends the dictionary's (which brings `0 Unknown`, `99 Other`).
+            let enumeration = if name.ends_with("_id") {
+                match (enum_values(&local), enum_values(&global)) {
+                    (Some(mut l), Some(g)) => {
+                        l.extend(g);
+                        l.sort_unstable();
+                        l.dedup();
+                        Some(l)
+                    }
+                    (l, g) => l.or(g),
+                }
+            } else {
+                None
+            };
             out.insert(name, Attr { kind, array, required, enumeration });
         }
         Shape {
@@ -248,12 +277,27 @@ pub fn compile(root: &Path, classes: &[&str]) -> Result<Schema, String> {
     let mut pending: Vec<String> = Vec::new();
     for class in classes {
         let def = events.raw.get(*class).ok_or_else(|| format!("no event class `{class}` in {}", root.display()))?;
-        let category = def.get("category").and_then(Value::as_str).unwrap_or("other");
-        let category_uid = categories.pointer(&format!("/attributes/{category}/uid")).and_then(Value::as_i64).unwrap_or(0);
+        // The category may come from an ancestor (`detection_finding` extends `finding`).
+        let mut category = "other";
+        let mut cur = def;
+        for _ in 0..16 {
+            if let Some(c) = cur.get("category").and_then(Value::as_str) {
+                category = c;
+                break;
+            }
+            match cur.get("extends").and_then(Value::as_str).and_then(|p| events.raw.get(p)) {
+                Some(parent) => cur = parent,
+                None => break,
+            }
+        }
+        let category_uid =
+            categories.pointer(&format!("/attributes/{category}/uid")).and_then(Value::as_i64).unwrap_or(0);
         let local_uid = def.get("uid").and_then(Value::as_i64).ok_or_else(|| format!("class `{class}` has no uid"))?;
         let (attrs, constraints) = events.resolve(class, 0)?;
         let shape = shape_of(attrs, &constraints, &mut pending);
-        schema.classes.insert(category_uid * 1000 + local_uid, Class { name: (*class).to_owned(), category_uid, shape });
+        schema
+            .classes
+            .insert(category_uid * 1000 + local_uid, Class { name: (*class).to_owned(), category_uid, shape });
     }
     let mut seen = BTreeSet::new();
     while let Some(obj) = pending.pop() {
@@ -292,7 +336,9 @@ impl Schema {
                 out.push(format!("category_uid: {c}, but class {class_uid} is in category {}", class.category_uid));
             }
         }
-        if let (Some(a), Some(t)) = (obj.get("activity_id").and_then(Value::as_i64), obj.get("type_uid").and_then(Value::as_i64)) {
+        if let (Some(a), Some(t)) =
+            (obj.get("activity_id").and_then(Value::as_i64), obj.get("type_uid").and_then(Value::as_i64))
+        {
             if t != class_uid * 100 + a {
                 out.push(format!("type_uid: {t}, but class_uid * 100 + activity_id = {}", class_uid * 100 + a));
             }
@@ -301,7 +347,14 @@ impl Schema {
         out
     }
 
-    fn check_shape(&self, shape: &Shape, obj: &serde_json::Map<String, Value>, path: &str, out: &mut Vec<String>, depth: usize) {
+    fn check_shape(
+        &self,
+        shape: &Shape,
+        obj: &serde_json::Map<String, Value>,
+        path: &str,
+        out: &mut Vec<String>,
+        depth: usize,
+    ) {
         if depth > 32 {
             out.push(format!("{path}: nested too deeply"));
             return;
@@ -312,11 +365,23 @@ impl Schema {
                 out.push(format!("{}: required attribute missing", at(name)));
             }
         }
-        if !shape.at_least_one.is_empty() && !shape.at_least_one.iter().any(|k| obj.get(k).is_some_and(|v| !v.is_null())) {
-            out.push(format!("{}: needs at least one of {}", if path.is_empty() { "event" } else { path }, shape.at_least_one.join(", ")));
+        if !shape.at_least_one.is_empty()
+            && !shape.at_least_one.iter().any(|k| obj.get(k).is_some_and(|v| !v.is_null()))
+        {
+            out.push(format!(
+                "{}: needs at least one of {}",
+                if path.is_empty() { "event" } else { path },
+                shape.at_least_one.join(", ")
+            ));
         }
-        if !shape.just_one.is_empty() && shape.just_one.iter().filter(|k| obj.get(*k).is_some_and(|v| !v.is_null())).count() != 1 {
-            out.push(format!("{}: needs exactly one of {}", if path.is_empty() { "event" } else { path }, shape.just_one.join(", ")));
+        if !shape.just_one.is_empty()
+            && shape.just_one.iter().filter(|k| obj.get(*k).is_some_and(|v| !v.is_null())).count() != 1
+        {
+            out.push(format!(
+                "{}: needs exactly one of {}",
+                if path.is_empty() { "event" } else { path },
+                shape.just_one.join(", ")
+            ));
         }
         for (name, value) in obj {
             if value.is_null() {
@@ -326,7 +391,9 @@ impl Schema {
                 Some(a) => a.clone(),
                 None => match name.strip_suffix("_dt").and_then(|base| shape.attrs.get(base)) {
                     // The datetime profile: `time_dt` beside `time`.
-                    Some(b) if self.types.get(&b.kind).is_some_and(|t| t.base == "long_t") || b.kind == "timestamp_t" => {
+                    Some(b)
+                        if self.types.get(&b.kind).is_some_and(|t| t.base == "long_t") || b.kind == "timestamp_t" =>
+                    {
                         Attr { kind: "datetime_t".into(), array: false, required: false, enumeration: None }
                     }
                     _ => {
@@ -366,7 +433,11 @@ impl Schema {
             return;
         }
         let Some(t) = self.types.get(&attr.kind) else { return };
-        let base = if attr.kind.ends_with("_t") && self.types.contains_key(&t.base) { t.base.as_str() } else { attr.kind.as_str() };
+        let base = if attr.kind.ends_with("_t") && self.types.contains_key(&t.base) {
+            t.base.as_str()
+        } else {
+            attr.kind.as_str()
+        };
         let ok = match base {
             "string_t" => v.is_string(),
             "integer_t" => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
@@ -424,7 +495,9 @@ pub fn check_format(kind: &str, s: &str) -> Option<String> {
     match kind {
         "ip_t" => s.parse::<std::net::IpAddr>().is_err().then(|| format!("`{s}` is not an IP address")),
         "subnet_t" => {
-            let ok = s.split_once('/').is_some_and(|(ip, bits)| ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok());
+            let ok = s
+                .split_once('/')
+                .is_some_and(|(ip, bits)| ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok());
             (!ok).then(|| format!("`{s}` is not a CIDR subnet"))
         }
         "mac_t" => {
@@ -433,7 +506,9 @@ pub fn check_format(kind: &str, s: &str) -> Option<String> {
             (!ok).then(|| format!("`{s}` is not a MAC address"))
         }
         "email_t" => {
-            let ok = s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !s.contains(' '));
+            let ok = s
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !s.contains(' '));
             (!ok).then(|| format!("`{s}` is not an email address"))
         }
         "uuid_t" => {
@@ -449,12 +524,16 @@ pub fn check_format(kind: &str, s: &str) -> Option<String> {
                 && matches!(b[10], b'T' | b't' | b' ')
                 && b[13] == b':'
                 && b[16] == b':'
-                && [0..4, 5..7, 8..10, 11..13, 14..16, 17..19].iter().all(|r| b[r.clone()].iter().all(u8::is_ascii_digit));
+                && [0..4, 5..7, 8..10, 11..13, 14..16, 17..19]
+                    .iter()
+                    .all(|r| b[r.clone()].iter().all(u8::is_ascii_digit));
             (!ok).then(|| format!("`{s}` is not an RFC 3339 date-time"))
         }
         "url_t" => {
             let ok = s.split_once("://").is_some_and(|(scheme, rest)| {
-                !scheme.is_empty() && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')) && !rest.is_empty()
+                !scheme.is_empty()
+                    && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+                    && !rest.is_empty()
             }) && !s.contains(char::is_whitespace);
             (!ok).then(|| format!("`{s}` is not a URL"))
         }

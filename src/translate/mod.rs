@@ -1,0 +1,310 @@
+//! Schema translation on the wire: jq mappings (jaq) from vendor payloads to OCSF, ECS or STIX,
+//! validated before they leave the gateway.
+//!
+//! - [`jq`]: compiling and running mapping programs.
+//! - [`ocsf`]: the OCSF schema compiled into the binary and its validator.
+//! - [`check`]: ECS and STIX validation.
+//!
+//! A mapping (`policies/mappings/*.yaml`) is compiled at config load; a route names it under
+//! `translate`. [`Mapping::apply`] turns one vendor body into the translated body, or says why not
+//! (program error, invalid output): the proxy then passes the vendor payload with an
+//! `Interlock-Translation` header (`on_invalid: raw`) or answers 502 (`strict`). Nothing is dropped
+//! silently; the first failure reasons per mapping are kept for admin `/mappings`.
+
+pub mod check;
+pub mod jq;
+pub mod ocsf;
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+/// Response header saying what happened to the payload.
+pub const TRANSLATION: http::header::HeaderName = http::header::HeaderName::from_static("interlock-translation");
+
+/// Failure reasons kept per mapping for `/mappings`.
+pub const KEPT_FAILURES: usize = 20;
+
+/// What a mapping produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An OCSF event class.
+    Ocsf {
+        /// `1.8.0`.
+        version: String,
+        /// `class_uid`, e.g. 2004.
+        class_uid: i64,
+        /// `detection_finding`.
+        class: String,
+    },
+    /// Elastic Common Schema documents.
+    Ecs {
+        /// `8.17`.
+        version: String,
+    },
+    /// STIX 2.1 objects or bundles.
+    Stix,
+}
+
+impl Target {
+    /// The media type of translated responses (and of the `Accept` value that asks for them).
+    pub fn media_type(&self) -> &'static str {
+        match self {
+            Target::Ocsf { .. } => "application/ocsf+json",
+            Target::Ecs { .. } => "application/ecs+json",
+            Target::Stix => "application/stix+json;version=2.1",
+        }
+    }
+
+    /// Short description.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Ocsf { version, class_uid, class } => format!("ocsf {version} {class} ({class_uid})"),
+            Target::Ecs { version } => format!("ecs {version}"),
+            Target::Stix => "stix 2.1".to_owned(),
+        }
+    }
+
+    /// Whether an `Accept` header asks for this target (its media type with q > 0).
+    pub fn accepted_by(&self, accept: Option<&http::HeaderValue>) -> bool {
+        let Some(accept) = accept.and_then(|v| v.to_str().ok()) else { return false };
+        let want = self.media_type();
+        let (want_type, want_params) = want.split_once(';').unwrap_or((want, ""));
+        accept.split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let ty = parts.next().unwrap_or("");
+            if !ty.eq_ignore_ascii_case(want_type) {
+                return false;
+            }
+            let mut q_ok = true;
+            let mut version_ok = want_params.is_empty();
+            for p in parts {
+                match p.split_once('=').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"'))) {
+                    Some((k, v)) if k == "q" => q_ok = v.parse::<f32>().map_or(false, |q| q > 0.0),
+                    Some((k, v)) if k == "version" => version_ok = want_params.trim() == format!("version={v}"),
+                    _ => {}
+                }
+            }
+            // `application/stix+json` without a version accepts 2.1 too.
+            q_ok && (version_ok || !item.contains("version"))
+        })
+    }
+
+    /// Validates one translated record; returns every problem (empty: valid).
+    pub fn validate(&self, v: &Value) -> Vec<String> {
+        match self {
+            Target::Ocsf { class_uid, .. } => {
+                let mut out = ocsf::bundled().validate(v);
+                if let Some(c) = v.get("class_uid").and_then(Value::as_i64) {
+                    if c != *class_uid {
+                        out.insert(0, format!("class_uid: {c}, but the mapping's target is {class_uid}"));
+                    }
+                }
+                out
+            }
+            Target::Ecs { .. } => check::ecs(v),
+            Target::Stix => check::stix(v),
+        }
+    }
+}
+
+/// What to do with a response the mapping cannot translate validly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Pass the vendor payload, with `Interlock-Translation: invalid; ...`.
+    Raw,
+    /// Answer 502 listing the failing fields.
+    Strict,
+}
+
+/// When a route translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Only when the client's `Accept` asks for the target media type.
+    Accept,
+    /// Always.
+    Always,
+}
+
+/// A route's `translate`.
+#[derive(Debug, Clone)]
+pub struct RouteTranslate {
+    /// The mapping.
+    pub mapping: Arc<Mapping>,
+    /// When.
+    pub when: When,
+    /// Largest vendor body read for translation; larger ones pass raw.
+    pub max_body: u64,
+    /// Invalid output: raw or 502.
+    pub on_invalid: OnInvalid,
+}
+
+/// Keep or drop the envelope around a list of records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// The response keeps its shape; the list holds translated records.
+    Keep,
+    /// The response is a JSON array of translated records.
+    Drop,
+}
+
+/// Outcome counters and the first failure reasons of a mapping (kept across reloads by id).
+#[derive(Debug, Default)]
+pub struct MappingStats {
+    /// Records translated.
+    pub translated: AtomicU64,
+    /// Responses that failed (invalid or program error).
+    pub failed: AtomicU64,
+    /// Responses passed through untranslated (not asked for, too large, not JSON, not 2xx).
+    pub skipped: AtomicU64,
+    failures: Mutex<VecDeque<(String, String)>>,
+}
+
+impl MappingStats {
+    /// Keeps `reason` (with a time) among the first [`KEPT_FAILURES`].
+    pub fn remember(&self, reason: String) {
+        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.len() < KEPT_FAILURES {
+            f.push_back((crate::telemetry::record::rfc3339(std::time::SystemTime::now()), reason));
+        }
+    }
+
+    /// The kept failures (time, reason).
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+    }
+}
+
+/// A compiled mapping.
+#[derive(Debug)]
+pub struct Mapping {
+    /// Id.
+    pub id: String,
+    /// Where it is defined.
+    pub origin: crate::config::Origin,
+    /// `vendor / api / version` of the source payload.
+    pub source: String,
+    /// What it produces.
+    pub target: Target,
+    /// Path to the list of records (`resources` for `.resources[]`; empty for a bare array).
+    pub each: Option<Vec<String>>,
+    /// Keep or drop the envelope (with `each`).
+    pub envelope: Envelope,
+    /// The program.
+    pub program: jq::Program,
+    /// Sample files (relative to the policies directory) with expected outputs.
+    pub samples: Vec<std::path::PathBuf>,
+    /// Outcomes.
+    pub stats: Arc<MappingStats>,
+}
+
+/// Why a payload was not translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `program-error`, `invalid` or `not-json`.
+    pub kind: &'static str,
+    /// What failed, field by field (at most a screenful).
+    pub reasons: Vec<String>,
+}
+
+impl Failure {
+    /// A one-line summary for the `Interlock-Translation` header (ASCII, bounded).
+    pub fn header_value(&self) -> String {
+        let first: String = self
+            .reasons
+            .first()
+            .map(String::as_str)
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"')
+            .take(200)
+            .collect();
+        format!("{}; reasons={}; first=\"{first}\"", self.kind, self.reasons.len())
+    }
+}
+
+impl Mapping {
+    /// Translates a vendor body: the translated body and the number of records, or why not.
+    pub fn apply(&self, body: &[u8]) -> Result<(Vec<u8>, usize), Failure> {
+        let input: Value = serde_json::from_slice(body)
+            .map_err(|e| Failure { kind: "not-json", reasons: vec![format!("the vendor payload is not JSON: {e}")] })?;
+        let mut reasons = Vec::new();
+        let mut translate_one = |i: Option<usize>, v: &Value| -> Option<Value> {
+            let at = i.map_or_else(String::new, |i| format!("record {i}: "));
+            match self.program.run(v) {
+                Ok(mut out) if out.len() == 1 => {
+                    let o = out.pop().unwrap_or(Value::Null);
+                    let problems = self.target.validate(&o);
+                    if problems.is_empty() {
+                        Some(o)
+                    } else {
+                        reasons.extend(problems.into_iter().map(|p| format!("{at}{p}")));
+                        None
+                    }
+                }
+                Ok(out) => {
+                    reasons.push(format!("{at}the program produced {} values instead of one", out.len()));
+                    None
+                }
+                Err(e) => {
+                    reasons.push(format!("{at}program error: {e}"));
+                    None
+                }
+            }
+        };
+        let (output, count) = match &self.each {
+            None => (translate_one(None, &input), 1),
+            Some(path) => {
+                let mut list_at = &input;
+                for seg in path {
+                    list_at = list_at.get(seg).unwrap_or(&Value::Null);
+                }
+                let items = match list_at {
+                    Value::Array(items) => items,
+                    Value::Null if !path.is_empty() => &Vec::new(),
+                    _ => {
+                        return Err(Failure {
+                            kind: "invalid",
+                            reasons: vec![format!("`{}` is not a list in the vendor payload", path.join("."))],
+                        })
+                    }
+                };
+                let translated: Vec<Option<Value>> =
+                    items.iter().enumerate().map(|(i, v)| translate_one(Some(i), v)).collect();
+                let n = translated.len();
+                if translated.iter().any(Option::is_none) {
+                    (None, n)
+                } else {
+                    let list = Value::Array(translated.into_iter().flatten().collect());
+                    let out = match self.envelope {
+                        Envelope::Drop => list,
+                        Envelope::Keep => {
+                            let mut whole = input.clone();
+                            let mut slot = &mut whole;
+                            for seg in path {
+                                slot = &mut slot[seg.as_str()];
+                            }
+                            *slot = list;
+                            whole
+                        }
+                    };
+                    (Some(out), n)
+                }
+            }
+        };
+        match output {
+            Some(v) if reasons.is_empty() => Ok((serde_json::to_vec(&v).unwrap_or_default(), count)),
+            _ => {
+                let kind = if reasons.iter().any(|r| r.contains("program error") || r.contains("produced")) {
+                    "program-error"
+                } else {
+                    "invalid"
+                };
+                reasons.truncate(50);
+                Err(Failure { kind, reasons })
+            }
+        }
+    }
+}
