@@ -156,6 +156,24 @@ pub enum GatewayError {
         /// The route id.
         route: String,
     },
+    /// The route translates strictly and the vendor payload did not translate validly.
+    #[error("translation with mapping {mapping} failed ({kind}): {reasons:?}")]
+    TranslationFailed {
+        /// Mapping id.
+        mapping: String,
+        /// `invalid`, `program-error`, `not-json`, `timeout`.
+        kind: &'static str,
+        /// What failed, field by field.
+        reasons: Vec<String>,
+    },
+    /// The upstream's response body failed while the gateway read it for translation.
+    #[error("upstream {upstream} response body failed: {why}")]
+    UpstreamBody {
+        /// Upstream id.
+        upstream: String,
+        /// What failed.
+        why: String,
+    },
     /// A valid client certificate whose identity is not a known caller.
     #[error("unknown certificate identity {identity}")]
     UnknownCertificate {
@@ -270,6 +288,25 @@ impl GatewayError {
                 format!("The upstream did not answer within {} ms. Retry later; if it persists, the vendor API may be degraded.", d.as_millis()),
             ),
             E::Upstream(e) => upstream_problem(e),
+            E::TranslationFailed { mapping, kind, reasons } => {
+                let shown: Vec<&str> = reasons.iter().take(10).map(String::as_str).collect();
+                let more = if reasons.len() > shown.len() { format!(" (and {} more)", reasons.len() - shown.len()) } else { String::new() };
+                p(
+                    StatusCode::BAD_GATEWAY,
+                    "translation-invalid",
+                    "Vendor payload could not be translated",
+                    format!(
+                        "The vendor's answer did not translate validly with mapping `{mapping}` ({kind}): {}{more}. The vendor may have changed its payload; the platform team sees the same reasons on the admin /mappings endpoint. Ask for the raw payload (without the translated media type in Accept) meanwhile.",
+                        shown.join("; ")
+                    ),
+                )
+            }
+            E::UpstreamBody { upstream, .. } => p(
+                StatusCode::BAD_GATEWAY,
+                "upstream-body-failed",
+                "Upstream response failed",
+                format!("Upstream `{upstream}` broke off its answer while the gateway was reading it. Retry the call."),
+            ),
             E::Unauthenticated { route, .. } => p(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",

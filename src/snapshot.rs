@@ -55,6 +55,14 @@ impl Snapshot {
                 }
             }
         }
+        // Translation counters and kept failures follow a mapping across reloads by id.
+        if let Some(p) = previous {
+            for m in &config.mappings {
+                if let Some(pm) = p.config.mappings.iter().find(|pm| pm.id == m.id) {
+                    m.stats.store(pm.stats.load_full());
+                }
+            }
+        }
         let mut clients = Vec::with_capacity(config.upstreams.len());
         let mut errors = Vec::new();
         for u in &config.upstreams {

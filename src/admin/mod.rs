@@ -102,6 +102,7 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
         (&Method::GET, "/config") => json_value(&views::config(&state.store.load())),
         (&Method::GET, "/routes") => json_value(&views::routes(&state.store.load())),
         (&Method::GET, "/upstreams") => json_value(&views::upstreams(&state.store.load())),
+        (&Method::GET, "/mappings") => json_value(&views::mappings(&state.store.load())),
         (&Method::GET, "/tap") => tap(state, req.uri().query()),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
@@ -160,8 +161,8 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
         }
         (
             _,
-            "/healthz" | "/readyz" | "/config/status" | "/reload" | "/config" | "/routes" | "/upstreams" | "/metrics"
-            | "/tap",
+            "/healthz" | "/readyz" | "/config/status" | "/reload" | "/config" | "/routes" | "/upstreams" | "/mappings"
+            | "/metrics" | "/tap",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",

@@ -27,6 +27,14 @@ fn route_view(c: &Config, r: &Route) -> Value {
         "max_body": format_size(r.max_body),
         "rate_limits": r.rate_limits.iter().map(|l| l.describe()).collect::<Vec<_>>(),
         "retry": r.retry.as_ref().map(|p| p.describe()),
+        "translate": r.translate.as_ref().map(|t| json!({
+            "mapping": t.mapping.id,
+            "when": match t.when { crate::translate::When::Accept => "accept", crate::translate::When::Always => "always" },
+            "media_type": t.mapping.target.media_type(),
+            "max_body": format_size(t.max_body),
+            "on_invalid": match t.on_invalid { crate::translate::OnInvalid::Raw => "raw", crate::translate::OnInvalid::Strict => "strict" },
+            "timeout": format_duration(t.timeout),
+        })),
     })
 }
 
@@ -104,6 +112,36 @@ pub fn upstreams(s: &Snapshot) -> Value {
         })
         .collect();
     json!({"generation": s.generation, "upstreams": list})
+}
+
+/// `GET /mappings`: each mapping, the routes using it, its outcome counters and the first failure
+/// reasons (what a vendor changed, the day it changed).
+pub fn mappings(s: &Snapshot) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let list: Vec<Value> = s
+        .config
+        .mappings
+        .iter()
+        .map(|m| {
+            let stats = m.stats.load();
+            json!({
+                "id": m.id,
+                "file": m.origin.to_string(),
+                "source": m.source,
+                "target": m.target.describe(),
+                "media_type": m.target.media_type(),
+                "each": m.each.as_ref().map(|p| if p.is_empty() { ".[]".to_owned() } else { format!(".{}[]", p.join(".")) }),
+                "routes": s.config.routes.iter().filter(|r| r.translate.as_ref().is_some_and(|t| t.mapping.id == m.id)).map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                "samples": m.samples.len(),
+                "switched_off": m.tripped.load(Relaxed),
+                "translated_records": stats.translated.load(Relaxed),
+                "failed_responses": stats.failed.load(Relaxed),
+                "skipped_responses": stats.skipped.load(Relaxed),
+                "failures": stats.failures().into_iter().map(|(at, reason)| json!({"at": at, "reason": reason})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"generation": s.generation, "mappings": list})
 }
 
 /// `GET /config`: the effective configuration with every secret redacted.

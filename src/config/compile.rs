@@ -7,6 +7,7 @@
 //!   gateway.yaml          listeners, admin, limits, logging        (required)
 //!   upstreams/*.yaml      one upstream per file
 //!   routes/*.yaml         a list of routes per file
+//!   mappings/*.yaml       translation mappings (jq programs to OCSF, ECS or STIX)
 //! ```
 //!
 //! Each file is parsed independently, so one broken file never hides the errors of another; then
@@ -158,6 +159,24 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         }
     }
 
+    let mut mappings: Vec<std::sync::Arc<crate::translate::Mapping>> = Vec::new();
+    for path in yaml_files(&dir.join("mappings"), &mut errors) {
+        let Some(text) = read(&path, &mut errors) else { continue };
+        let Some(parsed) = yaml::parse::<super::raw::RawMapping>(&path, &text, &mut errors) else { continue };
+        if let Some(m) = super::mappings::compile(&path, &text, parsed.value, &mut errors) {
+            if let Some(prev) = mappings.iter().find(|p| p.id == m.id) {
+                errors.push(ConfigError::at(
+                    &path,
+                    Some(m.origin.line),
+                    "id",
+                    format!("duplicate mapping id `{}` (first defined at {})", m.id, prev.origin),
+                ));
+            } else {
+                mappings.push(std::sync::Arc::new(m));
+            }
+        }
+    }
+
     let mut routes: Vec<Route> = Vec::new();
     let default_limits = gateway.as_ref().map(|g| g.limits.clone()).unwrap_or_else(default_limits);
     for path in yaml_files(&dir.join("routes"), &mut errors) {
@@ -165,7 +184,7 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         let Some(parsed) = yaml::parse::<Vec<RawRoute>>(&path, &text, &mut errors) else { continue };
         for (i, raw) in parsed.value.into_iter().enumerate() {
             let key = format!("[{i}]");
-            if let Some(r) = compile_route(&path, &key, raw, &upstreams, &default_limits, &mut errors) {
+            if let Some(r) = compile_route(&path, &key, raw, &upstreams, &mappings, &default_limits, &mut errors) {
                 if let Some(prev) = routes.iter().find(|p| p.id == r.id) {
                     errors.push(ConfigError::at(
                         &path,
@@ -194,6 +213,7 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         gateway,
         upstreams,
         routes,
+        mappings,
         router: builder.build(),
         identity,
         warnings: side.warnings,
@@ -211,17 +231,14 @@ fn check_layout(dir: &Path, errors: &mut Vec<ConfigError>) {
             "gateway.yaml" => !is_dir,
             "upstreams" | "routes" => is_dir,
             "callers.yaml" => !is_dir,
-            "mappings" => false,
+            "mappings" => is_dir,
             // Other directories (certs/, secrets/, demo/) may sit beside the config.
             _ => is_dir || name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")),
         };
         if !known {
-            let msg = match name.as_str() {
-                "callers.yaml" | "mappings" => {
-                    format!("`{name}` is not supported by this version of Interlock yet; remove it")
-                }
-                _ => format!("unexpected `{name}`: the policies directory holds gateway.yaml, callers.yaml, upstreams/ and routes/"),
-            };
+            let msg = format!(
+                "unexpected `{name}`: the policies directory holds gateway.yaml, callers.yaml, upstreams/, routes/ and mappings/"
+            );
             errors.push(ConfigError::at(&e.path(), None, "", msg));
         }
     }
@@ -1696,6 +1713,7 @@ fn compile_route(
     key: &str,
     raw: RawRoute,
     upstreams: &[Upstream],
+    mappings: &[std::sync::Arc<crate::translate::Mapping>],
     limits: &Limits,
     out: &mut Vec<ConfigError>,
 ) -> Option<Route> {
@@ -1821,8 +1839,10 @@ fn compile_route(
         }
         None => upstream.and_then(|u| upstreams[u].retry.clone()),
     };
+    let translate = raw.translate.as_ref().and_then(|t| compile_translate(t, key, mappings, &mut e));
     let template = template?;
     Some(Route {
+        translate,
         retry,
         rate_limits,
         credential,
@@ -1849,6 +1869,55 @@ fn compile_route(
         timeout,
         max_body,
     })
+}
+
+fn compile_translate(
+    t: &super::raw::RawTranslate,
+    key: &str,
+    mappings: &[std::sync::Arc<crate::translate::Mapping>],
+    e: &mut Errs<'_>,
+) -> Option<crate::translate::RouteTranslate> {
+    use crate::translate::{OnInvalid, RouteTranslate, When};
+    let when = match t.when.as_ref() {
+        None => When::Accept,
+        Some(w) => match w.value.as_str() {
+            "accept" => When::Accept,
+            "always" => When::Always,
+            other => {
+                e.push(w, &format!("{key}.translate.when"), format!("`{other}`: use `accept` or `always`"));
+                When::Accept
+            }
+        },
+    };
+    let on_invalid = match t.on_invalid.as_ref() {
+        None => OnInvalid::Raw,
+        Some(w) => match w.value.as_str() {
+            "raw" => OnInvalid::Raw,
+            "strict" => OnInvalid::Strict,
+            other => {
+                e.push(w, &format!("{key}.translate.on_invalid"), format!("`{other}`: use `raw` or `strict`"));
+                OnInvalid::Raw
+            }
+        },
+    };
+    let max_body = e.size(&t.max_body, &format!("{key}.translate.max_body"), crate::translate::DEFAULT_MAX_BODY);
+    let timeout = e.duration(&t.timeout, &format!("{key}.translate.timeout"), crate::translate::DEFAULT_TIMEOUT);
+    match mappings.iter().find(|m| m.id == t.mapping.value) {
+        Some(m) => Some(RouteTranslate { mapping: m.clone(), when, max_body, on_invalid, timeout }),
+        None => {
+            let known: Vec<&str> = mappings.iter().map(|m| m.id.as_str()).collect();
+            e.push(
+                &t.mapping,
+                &format!("{key}.translate.mapping"),
+                format!(
+                    "no mapping `{}` in mappings/ (known: {}; a mapping with errors is reported in its own file)",
+                    t.mapping.value,
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn compile_rules(

@@ -10,6 +10,7 @@
 //! router, routes and upstreams of one snapshot; the listener takes its limits.
 
 pub mod compile;
+pub mod mappings;
 pub mod raw;
 pub mod reload;
 pub mod units;
@@ -90,6 +91,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Routes, indexed by the router's matches.
     pub routes: Vec<Route>,
+    /// Translation mappings (`mappings/*.yaml`).
+    pub mappings: Vec<std::sync::Arc<crate::translate::Mapping>>,
     /// The route table.
     pub router: Router,
     /// Callers and how they authenticate (`callers.yaml`).
@@ -433,4 +436,6 @@ pub struct Route {
     pub rate_limits: Vec<std::sync::Arc<crate::ratelimit::LimitSpec>>,
     /// The retry policy in force (the route's over the upstream's), if any.
     pub retry: Option<std::sync::Arc<crate::upstream::resilience::RetryPolicy>>,
+    /// Response translation.
+    pub translate: Option<crate::translate::RouteTranslate>,
 }

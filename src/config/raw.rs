@@ -720,6 +720,83 @@ pub struct RawRoute {
     pub rate_limit: Option<RawRateLimit>,
     /// Retry settings overriding the upstream's, field by field.
     pub retry: Option<RawRetry>,
+    /// Translate successful JSON responses with a mapping (`policies/mappings/`).
+    pub translate: Option<RawTranslate>,
+}
+
+/// A route's `translate`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawTranslate {
+    /// The mapping id.
+    pub mapping: Sp<String>,
+    /// `accept` (default: only when the client's `Accept` asks for the target media type) or `always`.
+    pub when: Option<Sp<String>>,
+    /// Largest vendor body read for translation; larger bodies pass untranslated. Default `16MiB`.
+    pub max_body: Option<Sp<SizeText>>,
+    /// `raw` (default: the vendor payload with `Interlock-Translation: invalid; ...`) or `strict` (502).
+    pub on_invalid: Option<Sp<String>>,
+    /// Longest a translation may run; past it the response is treated as invalid and the mapping is
+    /// switched off until the next reload (a program that loops). Default `2s`.
+    pub timeout: Option<Sp<DurationText>>,
+}
+
+/// A `mappings/*.yaml` file: one mapping from a vendor payload to a common schema.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawMapping {
+    /// Unique id, named by routes.
+    pub id: Sp<String>,
+    /// The payload it reads.
+    pub source: RawMappingSource,
+    /// What it produces.
+    pub target: Sp<RawMappingTarget>,
+    /// Path to the list of records in the response (`.resources[]`, `.value[]`, `.[]` for a bare array).
+    /// Absent: the whole response is one record.
+    pub each: Option<Sp<String>>,
+    /// With `each`: `keep` (default) the response around the list, or `drop` it and answer the bare list.
+    pub envelope: Option<Sp<String>>,
+    /// The jq program, run once per record; it must produce exactly one value.
+    pub program: Option<Sp<String>>,
+    /// Or a file holding the program (relative to the mapping file).
+    pub program_file: Option<Sp<String>>,
+    /// Sample vendor payloads and the expected translations (`interlock test`).
+    #[serde(default)]
+    pub samples: Vec<Sp<RawSample>>,
+}
+
+/// A mapping's `source`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawMappingSource {
+    /// `crowdstrike`.
+    pub vendor: Sp<String>,
+    /// `alerts`.
+    pub api: Sp<String>,
+    /// `v2`.
+    pub version: Option<Sp<String>>,
+}
+
+/// A mapping's `target`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawMappingTarget {
+    /// `ocsf`, `ecs` or `stix`.
+    pub schema: Sp<String>,
+    /// `1.8.0` (OCSF), `8.17` (ECS), `2.1` (STIX).
+    pub version: Option<Sp<String>>,
+    /// OCSF event class name (`detection_finding`).
+    pub class: Option<Sp<String>>,
+}
+
+/// One sample.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawSample {
+    /// A vendor response body (relative to the mapping file).
+    pub input: String,
+    /// The expected translation.
+    pub expected: String,
 }
 
 /// A policy rule: `caller:ID`, `group:NAME`, `anyone`, or a mapping that can also narrow methods

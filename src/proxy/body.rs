@@ -109,6 +109,8 @@ pub enum ResponseBody {
     Guarded(Incoming, crate::upstream::resilience::InFlight),
     /// Made by the gateway (`None` once sent).
     Full(Option<Bytes>),
+    /// The part of the upstream's body the gateway read, then the rest streamed.
+    Resumed(Option<Bytes>, Incoming, crate::upstream::resilience::InFlight),
     /// Produced over time by the gateway (the admin tap's event stream).
     Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
@@ -134,6 +136,10 @@ impl Body for ResponseBody {
                 Pin::new(b).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
             }
             ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Resumed(first, rest, _) => match first.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(rest).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            },
             ResponseBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -142,6 +148,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(b) | ResponseBody::Guarded(b, _) => b.is_end_stream(),
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ResponseBody::Resumed(first, rest, _) => first.is_none() && rest.is_end_stream(),
             ResponseBody::Channel(_) => false,
         }
     }
@@ -150,6 +157,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(b) | ResponseBody::Guarded(b, _) => b.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Resumed(..) => SizeHint::default(),
             ResponseBody::Channel(_) => SizeHint::default(),
         }
     }

@@ -12,6 +12,7 @@ pub mod body;
 pub mod headers;
 pub mod normalize;
 pub mod router;
+pub mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -259,6 +260,12 @@ async fn forward(
     //     request id, then the injected credential last so nothing can overwrite it.
     let client_upgrade = if upgrading { Some(hyper::upgrade::on(&mut req)) } else { None };
     let (mut parts, incoming) = req.into_parts();
+    // Translation is decided on the caller's Accept; the vendor is then asked for plain JSON.
+    let translate = route.translate.as_ref().map(|t| (t, translate::wanted(t, parts.headers.get(header::ACCEPT))));
+    if let Some((_, true)) = translate {
+        parts.headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
     let h = &mut parts.headers;
     headers::strip_request(h, upgrading, &upstream.strip_headers);
     headers::set_forwarded(h, conn.peer, conn.scheme, Some(&host), &gw.trusted_proxies);
@@ -489,7 +496,14 @@ async fn forward(
         }
     }
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, ResponseBody::Guarded(body, guard)))
+    // 16. Translation, when the route and the caller ask for it.
+    let body = match translate {
+        Some((t, asked)) => {
+            translate::respond(t, asked, &mut parts, body, guard, &upstream.id, record, &conn.telemetry).await?
+        }
+        None => ResponseBody::Guarded(body, guard),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// A retry is another vendor call: it draws on the vendor-account quota like the first (without

@@ -166,6 +166,22 @@ pub struct CredentialLabels {
     pub result: String,
 }
 
+/// Labels of a translation outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TranslationLabels {
+    /// Mapping id.
+    pub mapping: String,
+    /// `translated`, `invalid`, `program_error`, `not_json`, `too_large`, `timeout`, `skipped`.
+    pub result: String,
+}
+
+/// Labels with only a mapping.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MappingOnly {
+    /// Mapping id.
+    pub mapping: String,
+}
+
 /// Labels with only a route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteOnly {
@@ -284,6 +300,12 @@ pub struct Metrics {
     pub bytes_in: Counter,
     /// Response bytes sent.
     pub bytes_out: Counter,
+    /// Translation outcomes (responses) by mapping and result.
+    pub translations: Family<TranslationLabels, Counter>,
+    /// Records translated, by mapping.
+    pub translated_records: Family<MappingOnly, Counter>,
+    /// Time spent translating and validating one response, by mapping.
+    pub translation_duration: Family<MappingOnly, Histogram>,
     audit: Arc<AuditStats>,
     tap_lagged: Counter,
 }
@@ -331,6 +353,27 @@ impl Metrics {
         registry.register("jwks_fetches", "JWKS fetches by issuer and result", jwks_fetches.clone());
         let token_requests = Family::<CredentialLabels, Counter>::default();
         registry.register("token_requests", "OAuth2 token requests by credential and result", token_requests.clone());
+        let translations = Family::<TranslationLabels, Counter>::default();
+        registry.register(
+            "translations",
+            "Responses a route asked to translate, by mapping and result (translated, invalid, program_error, not_json, too_large, timeout, skipped)",
+            translations.clone(),
+        );
+        let translated_records = Family::<MappingOnly, Counter>::default();
+        registry.register(
+            "translated_records",
+            "Records translated and validated, by mapping",
+            translated_records.clone(),
+        );
+        let translation_duration = Family::<MappingOnly, Histogram>::new_with_constructor(|| {
+            // 10 µs .. ~0.65 s
+            Histogram::new(exponential_buckets(0.00001, 2.0, 17))
+        });
+        registry.register(
+            "translation_duration_seconds",
+            "Time to translate and validate one response, by mapping",
+            translation_duration.clone(),
+        );
         let ratelimit_decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "ratelimit_decisions",
@@ -422,6 +465,9 @@ impl Metrics {
             },
             bytes_in,
             bytes_out,
+            translations,
+            translated_records,
+            translation_duration,
             audit,
             tap_lagged,
         }

@@ -142,6 +142,14 @@ impl Tracing {
         parent.with_span(span)
     }
 
+    /// Starts an internal span (work the gateway does in-process, such as a translation) under the
+    /// request's span.
+    pub fn internal_span(&self, parent: &Context, name: &'static str) -> Context {
+        let span =
+            self.tracer.span_builder(name).with_kind(SpanKind::Internal).start_with_context(&self.tracer, parent);
+        parent.with_span(span)
+    }
+
     /// Flushes queued spans (on shutdown), bounded in time.
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));

@@ -50,6 +50,10 @@ pub struct Facts {
     pub cache: Option<&'static str>,
     /// The fewest requests left in any rate-limit window the request passed.
     pub ratelimit_remaining: Option<u64>,
+    /// The mapping a translation used.
+    pub mapping: Option<String>,
+    /// `translated`, `invalid` or `skipped`.
+    pub translation: Option<&'static str>,
     /// Time the request waited in a rate-limit queue.
     pub queued: Option<std::time::Duration>,
     /// Request body bytes, counted by the request body as it streams.
@@ -195,6 +199,8 @@ impl RequestRecord {
             opt("interlock.credential", f.credential.as_deref(), &mut a);
             opt("interlock.decision", f.decision, &mut a);
             opt("interlock.cache", f.cache, &mut a);
+            opt("interlock.mapping", f.mapping.as_deref(), &mut a);
+            opt("interlock.translation", f.translation, &mut a);
             if let Some(r) = f.ratelimit_remaining {
                 a.push(KeyValue::new("interlock.ratelimit.remaining", r.min(i64::MAX as u64) as i64));
             }

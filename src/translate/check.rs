@@ -204,7 +204,7 @@ fn stix_object(v: &Value, at: &str, out: &mut Vec<String>) {
         {
             out.push(format!("{}: not a list of identifiers", p(k)));
         }
-        if k == "confidence" && !val.as_u64().is_some_and(|c| c <= 100) {
+        if k == "confidence" && val.as_u64().is_none_or(|c| c > 100) {
             out.push(format!("{}: must be an integer 0-100", p(k)));
         }
     }

@@ -1,5 +1,17 @@
 //! jq programs, compiled once at config load with jaq and run per vendor record.
+//!
+//! Mapping programs run inside the gateway on vendor input, so compiling also refuses what could
+//! hurt it: functions that read the process environment or other inputs (`env`, `$ENV`, `input`,
+//! `inputs`, `input_filename`), print (`debug`, `stderr`) or stop it (`halt`, `halt_error`); and
+//! unbounded recursion (a definition that calls itself, directly or through others, and the
+//! recursive generators `repeat`, `while`, `until`, `recurse(f)`), which could exhaust the stack.
+//! Recursion over the input (`..`, `walk`, `paths`) is allowed: it is bounded by the nesting depth
+//! of the parsed JSON (at most 128 levels). A program that loops without recursing is stopped by
+//! the route's translation deadline.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use jaq_core::load::parse::{BinaryOp, Pattern, Term};
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
 use jaq_json::Val;
@@ -34,6 +46,193 @@ fn line_of(code: &str, fragment: &str) -> usize {
     } else {
         1
     }
+}
+
+/// Built-in functions mapping programs may not call.
+const FORBIDDEN: [(&str, &str); 12] = [
+    ("env", "reads the gateway's environment"),
+    ("input", "reads other inputs"),
+    ("inputs", "reads other inputs"),
+    ("input_filename", "reads other inputs"),
+    ("debug", "writes to the gateway's output"),
+    ("stderr", "writes to the gateway's output"),
+    ("halt", "stops the program"),
+    ("halt_error", "stops the program"),
+    ("repeat", "recurses without bound"),
+    ("while", "recurses without bound"),
+    ("until", "recurses without bound"),
+    ("input_line_number", "reads other inputs"),
+];
+
+/// Calls and definitions found in a program (names with the text slice that names them).
+#[derive(Default)]
+struct Walk<'s> {
+    /// Definition name → names it calls (nested definitions included).
+    defs: BTreeMap<&'s str, BTreeSet<&'s str>>,
+    /// Problems (slice, message).
+    problems: Vec<(&'s str, String)>,
+}
+
+impl<'s> Walk<'s> {
+    fn term(&mut self, t: &Term<&'s str>, calls: &mut BTreeSet<&'s str>) {
+        match t {
+            Term::Id | Term::Recurse | Term::Num(_) | Term::Break(_) => {}
+            Term::Var(v) => {
+                if *v == "$ENV" {
+                    self.problems.push((
+                        v,
+                        "`$ENV` is not available to mappings (it would expose the gateway's environment)".to_owned(),
+                    ));
+                }
+            }
+            Term::Str(_, parts) => {
+                for p in parts {
+                    if let jaq_core::load::lex::StrPart::Term(t) = p {
+                        self.term(t, calls);
+                    }
+                }
+            }
+            Term::Arr(a) => {
+                if let Some(a) = a {
+                    self.term(a, calls);
+                }
+            }
+            Term::Obj(kvs) => {
+                for (k, v) in kvs {
+                    self.term(k, calls);
+                    if let Some(v) = v {
+                        self.term(v, calls);
+                    }
+                }
+            }
+            Term::Neg(t) | Term::Label(_, t) => self.term(t, calls),
+            Term::BinOp(l, op, r) => {
+                self.term(l, calls);
+                if let BinaryOp::Pipe(Some(p)) = op {
+                    self.pattern(p, calls);
+                }
+                self.term(r, calls);
+            }
+            Term::Fold(_, t, p, args) => {
+                self.term(t, calls);
+                self.pattern(p, calls);
+                for a in args {
+                    self.term(a, calls);
+                }
+            }
+            Term::TryCatch(t, c) => {
+                self.term(t, calls);
+                if let Some(c) = c {
+                    self.term(c, calls);
+                }
+            }
+            Term::IfThenElse(branches, otherwise) => {
+                for (c, t) in branches {
+                    self.term(c, calls);
+                    self.term(t, calls);
+                }
+                if let Some(o) = otherwise {
+                    self.term(o, calls);
+                }
+            }
+            Term::Def(defs, rest) => {
+                for d in defs {
+                    let mut inner = BTreeSet::new();
+                    self.term(&d.body, &mut inner);
+                    calls.extend(inner.iter().copied());
+                    self.defs.entry(d.name).or_default().extend(inner);
+                }
+                self.term(rest, calls);
+            }
+            Term::Call(name, args) => {
+                if let Some((_, why)) = FORBIDDEN.iter().find(|(n, _)| n == name) {
+                    self.problems.push((name, format!("`{name}` is not available to mappings ({why})")));
+                }
+                if *name == "recurse" && !args.is_empty() {
+                    self.problems.push((
+                        name,
+                        "`recurse(f)` is not available to mappings (it recurses without bound); use `..` or `walk`"
+                            .to_owned(),
+                    ));
+                }
+                calls.insert(name);
+                for a in args {
+                    self.term(a, calls);
+                }
+            }
+            Term::Path(t, path) => {
+                self.term(t, calls);
+                for (part, _) in &path.0 {
+                    match part {
+                        jaq_core::path::Part::Index(i) => self.term(i, calls),
+                        jaq_core::path::Part::Range(a, b) => {
+                            for x in [a, b].into_iter().flatten() {
+                                self.term(x, calls);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn pattern(&mut self, p: &Pattern<&'s str>, calls: &mut BTreeSet<&'s str>) {
+        match p {
+            Pattern::Var(_) => {}
+            Pattern::Arr(ps) => {
+                for p in ps {
+                    self.pattern(p, calls);
+                }
+            }
+            Pattern::Obj(kvs) => {
+                for (k, p) in kvs {
+                    self.term(k, calls);
+                    self.pattern(p, calls);
+                }
+            }
+        }
+    }
+
+    /// Definitions that reach themselves through calls.
+    fn recursive(&self) -> Vec<&'s str> {
+        let mut out = Vec::new();
+        for start in self.defs.keys() {
+            let mut seen = BTreeSet::new();
+            let mut stack: Vec<&str> = self.defs[start].iter().copied().collect();
+            while let Some(n) = stack.pop() {
+                if n == *start {
+                    out.push(*start);
+                    break;
+                }
+                if seen.insert(n) {
+                    if let Some(next) = self.defs.get(n) {
+                        stack.extend(next.iter().copied());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The safety checks above, on a program that parsed.
+fn check_safety(code: &str) -> Vec<CompileError> {
+    let Some(term) = jaq_core::load::parse(code, |p| p.term()) else { return Vec::new() };
+    let mut walk = Walk::default();
+    let mut calls = BTreeSet::new();
+    walk.term(&term, &mut calls);
+    let mut out: Vec<CompileError> =
+        walk.problems.iter().map(|(at, m)| CompileError { line: line_of(code, at), message: m.clone() }).collect();
+    for name in walk.recursive() {
+        let at = walk.defs.keys().find(|k| **k == name).copied().unwrap_or("");
+        out.push(CompileError {
+            line: line_of(code, at),
+            message: format!(
+                "`{name}` calls itself: recursive definitions are not allowed in mappings (runaway recursion would exhaust the stack); use `..`, `walk` or `paths`"
+            ),
+        });
+    }
+    out
 }
 
 impl Program {
@@ -81,6 +280,10 @@ impl Program {
                 })
                 .collect::<Vec<_>>()
         })?;
+        let unsafe_parts = check_safety(code);
+        if !unsafe_parts.is_empty() {
+            return Err(unsafe_parts);
+        }
         Ok(Program { filter })
     }
 
@@ -102,5 +305,53 @@ impl Program {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(code: &str) -> Vec<String> {
+        Program::compile(code)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{}: {}", e.line, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn runs_and_reports_lines() {
+        let p = Program::compile("{a: .x, b: (.y // \"none\")}").unwrap();
+        assert_eq!(p.run(&serde_json::json!({"x": 1})).unwrap(), vec![serde_json::json!({"a": 1, "b": "none"})]);
+        let e = errors("{a: .x,\n b: (.y | ]\n}");
+        assert!(e[0].starts_with("2: "), "{e:?}");
+        let e = errors(".a |\n nosuchfn(1)");
+        assert!(e[0].starts_with("2: ") && e[0].contains("nosuchfn"), "{e:?}");
+        // A runtime error is an error, not a panic.
+        assert!(Program::compile(".a.b").unwrap().run(&serde_json::json!({"a": "s"})).is_err());
+    }
+
+    #[test]
+    fn refuses_what_could_hurt_the_gateway() {
+        for (code, word) in [
+            ("def f: 1 + f; f", "calls itself"),
+            ("def f: def g: f; g; f", "calls itself"),
+            ("env.HOME", "`env`"),
+            ("$ENV.HOME", "`$ENV`"),
+            ("[repeat(1)] | length", "`repeat`"),
+            ("[recurse(. + 1)]", "recurse(f)"),
+            ("input", "`input`"),
+            ("{x: (. | debug)}", "`debug`"),
+        ] {
+            let e = errors(code);
+            assert!(e.iter().any(|m| m.contains(word)), "{code}: {e:?}");
+        }
+        // Recursion over the input is fine.
+        let p = Program::compile("[..] | length").unwrap();
+        assert_eq!(p.run(&serde_json::json!({"a": [1, 2]})).unwrap(), vec![serde_json::json!(4)]);
+        assert!(Program::compile("walk(if type == \"string\" then ascii_downcase else . end)").is_ok());
+        assert!(Program::compile("def f(x): x + 1; def g: f(2); g").is_ok());
     }
 }

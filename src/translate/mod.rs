@@ -24,6 +24,12 @@ use serde_json::Value;
 /// Response header saying what happened to the payload.
 pub const TRANSLATION: http::header::HeaderName = http::header::HeaderName::from_static("interlock-translation");
 
+/// Default `translate.max_body`.
+pub const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
+
+/// Default `translate.timeout`.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Failure reasons kept per mapping for `/mappings`.
 pub const KEPT_FAILURES: usize = 20;
 
@@ -82,7 +88,7 @@ impl Target {
             let mut version_ok = want_params.is_empty();
             for p in parts {
                 match p.split_once('=').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"'))) {
-                    Some((k, v)) if k == "q" => q_ok = v.parse::<f32>().map_or(false, |q| q > 0.0),
+                    Some((k, v)) if k == "q" => q_ok = v.parse::<f32>().is_ok_and(|q| q > 0.0),
                     Some((k, v)) if k == "version" => version_ok = want_params.trim() == format!("version={v}"),
                     _ => {}
                 }
@@ -139,6 +145,8 @@ pub struct RouteTranslate {
     pub max_body: u64,
     /// Invalid output: raw or 502.
     pub on_invalid: OnInvalid,
+    /// Longest a translation may run.
+    pub timeout: std::time::Duration,
 }
 
 /// Keep or drop the envelope around a list of records.
@@ -194,10 +202,21 @@ pub struct Mapping {
     pub envelope: Envelope,
     /// The program.
     pub program: jq::Program,
-    /// Sample files (relative to the policies directory) with expected outputs.
-    pub samples: Vec<std::path::PathBuf>,
-    /// Outcomes.
-    pub stats: Arc<MappingStats>,
+    /// Sample vendor payloads with their expected translations.
+    pub samples: Vec<Sample>,
+    /// Outcomes; carried over to the reloaded mapping of the same id.
+    pub stats: arc_swap::ArcSwap<MappingStats>,
+    /// Set when a translation overran its deadline: the mapping is off until it is reloaded.
+    pub tripped: std::sync::atomic::AtomicBool,
+}
+
+/// A sample vendor payload and its expected translation.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The vendor body.
+    pub input: std::path::PathBuf,
+    /// The expected output.
+    pub expected: std::path::PathBuf,
 }
 
 /// Why a payload was not translated.

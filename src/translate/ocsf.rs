@@ -110,6 +110,9 @@ struct Defs {
     raw: BTreeMap<String, Value>,
 }
 
+/// Attributes by name (definition, whether it came from a profile) and the constraints.
+type Resolved = (BTreeMap<String, (Value, bool)>, Value);
+
 impl Defs {
     fn load(root: &Path, sub: &str) -> Result<Defs, String> {
         let mut paths = Vec::new();
@@ -125,7 +128,7 @@ impl Defs {
     }
 
     /// The attributes (merged along `extends`, with `$include`d files) and constraints of `name`.
-    fn resolve(&self, name: &str, depth: usize) -> Result<(BTreeMap<String, (Value, bool)>, Value), String> {
+    fn resolve(&self, name: &str, depth: usize) -> Result<Resolved, String> {
         if depth > 16 {
             return Err(format!("`{name}`: `extends` chain too deep"));
         }
