@@ -5,6 +5,8 @@
 //! | `interlock run --config DIR` | serve until SIGTERM/SIGINT |
 //! | `interlock check [DIR]` | compile the config; print a summary or every error (exit 1) |
 //! | `interlock schema KIND` / `--out DIR` | JSON Schema of the config files for editors |
+//! | `interlock translate --mapping ID [FILE]` | run a mapping over a payload, print it and its validation |
+//! | `interlock test [DIR]` | run every mapping over its samples; diff with expected outputs (exit 1) |
 //! | `interlock demo` | simulated vendor APIs + the gateway in front of them |
 
 use std::path::{Path, PathBuf};
@@ -96,6 +98,29 @@ enum Command {
         /// Admin token (or INTERLOCK_ADMIN_TOKEN).
         #[arg(long, env = "INTERLOCK_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+    },
+    /// Run a mapping over a vendor payload: print the translation, and the validation report on stderr.
+    Translate {
+        /// The policies directory (or its `mappings/`).
+        #[arg(long, short, default_value = "policies")]
+        config: PathBuf,
+        /// The mapping id.
+        #[arg(long, short)]
+        mapping: String,
+        /// The vendor payload (`-` or nothing: standard input).
+        file: Option<PathBuf>,
+    },
+    /// Run every mapping over its samples, compare with the expected outputs and validate them.
+    Test {
+        /// The policies directory (or its `mappings/`).
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+        /// Only this mapping (repeatable).
+        #[arg(long = "mapping")]
+        only: Vec<String>,
+        /// Write each sample's translation as its expected output (when it validates).
+        #[arg(long)]
+        update: bool,
     },
     /// OCSF schema data.
     Ocsf {
@@ -244,10 +269,125 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Tap { admin, route, caller, status, token } => tap(&admin, route, caller, status, token),
+        Command::Translate { config, mapping, file } => translate(&config, &mapping, file.as_deref()),
+        Command::Test { dir, only, update } => test_mappings(&dir, &only, update),
         Command::Ocsf { command: OcsfCommand::Compile { dir, classes, out } } => {
             ocsf_compile(&dir, &classes, out.as_deref())
         }
         Command::Demo { config } => crate::demo::main(config),
+    }
+}
+
+/// The mappings of a policies directory (or of a `mappings/` directory), or exit code 1 with the errors printed.
+fn mappings_of(dir: &Path) -> Result<Vec<std::sync::Arc<crate::translate::Mapping>>, ExitCode> {
+    let m = dir.join("mappings");
+    let dir = if m.is_dir() { m } else { dir.to_path_buf() };
+    config::load_mappings(&dir).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        eprintln!("{}: {} error(s)", dir.display(), errors.len());
+        ExitCode::from(1)
+    })
+}
+
+/// `interlock translate`: exit 0 when the translation validates, 1 when it does not, 2 on bad input.
+fn translate(dir: &Path, id: &str, file: Option<&Path>) -> ExitCode {
+    let mappings = match mappings_of(dir) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let Some(m) = mappings.iter().find(|m| m.id == id) else {
+        let known: Vec<&str> = mappings.iter().map(|m| m.id.as_str()).collect();
+        eprintln!("no mapping `{id}` (known: {})", known.join(", "));
+        return ExitCode::from(2);
+    };
+    let text = match file {
+        Some(p) if p != Path::new("-") => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+        _ => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map(|_| buf)
+                .map_err(|e| format!("cannot read standard input: {e}"))
+        }
+    };
+    let input = match text.and_then(|t| serde_json::from_slice(&t).map_err(|e| format!("the payload is not JSON: {e}")))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = m.translate(&input);
+    println!("{}", serde_json::to_string_pretty(&out.output).unwrap_or_default());
+    if out.reasons.is_empty() {
+        eprintln!("valid: {} record(s) of {}", out.records, m.target.describe());
+        ExitCode::SUCCESS
+    } else {
+        let what = if out.program_failed { "program error" } else { "invalid" };
+        eprintln!("{what}: {} problem(s) against {}:", out.reasons.len(), m.target.describe());
+        for r in &out.reasons {
+            eprintln!("  - {r}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// `interlock test`: exit 0 when every sample of every mapping translates, validates and matches.
+fn test_mappings(dir: &Path, only: &[String], update: bool) -> ExitCode {
+    let mappings = match mappings_of(dir) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    for id in only {
+        if !mappings.iter().any(|m| &m.id == id) {
+            eprintln!("no mapping `{id}`");
+            return ExitCode::from(2);
+        }
+    }
+    let (mut samples, mut failed, mut tested) = (0, 0, 0);
+    for m in mappings.iter().filter(|m| only.is_empty() || only.contains(&m.id)) {
+        tested += 1;
+        if m.samples.is_empty() {
+            println!("warn  {}: no samples (add `samples:` to {})", m.id, m.origin.file.display());
+            continue;
+        }
+        for r in crate::translate::samples::run(m) {
+            samples += 1;
+            let name = r.input.display();
+            if r.passed() {
+                println!("ok    {}  {name}  ({} record(s))", m.id, r.records);
+                continue;
+            }
+            if update && r.problems.is_empty() {
+                let Some(s) = m.samples.iter().find(|s| s.input == r.input) else { continue };
+                let text = serde_json::to_string_pretty(&r.output).unwrap_or_default() + "\n";
+                if let Err(e) = std::fs::write(&s.expected, text) {
+                    eprintln!("cannot write {}: {e}", s.expected.display());
+                    return ExitCode::from(2);
+                }
+                println!("wrote {}  {}", m.id, s.expected.display());
+                continue;
+            }
+            failed += 1;
+            println!("FAIL  {}  {name}", m.id);
+            for p in &r.problems {
+                println!("      {p}");
+            }
+            if !r.diff.is_empty() {
+                println!("      differs from the expected output:");
+                for d in &r.diff {
+                    println!("        {d}");
+                }
+            }
+        }
+    }
+    println!("{tested} mapping(s), {samples} sample(s), {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -159,23 +159,7 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         }
     }
 
-    let mut mappings: Vec<std::sync::Arc<crate::translate::Mapping>> = Vec::new();
-    for path in yaml_files(&dir.join("mappings"), &mut errors) {
-        let Some(text) = read(&path, &mut errors) else { continue };
-        let Some(parsed) = yaml::parse::<super::raw::RawMapping>(&path, &text, &mut errors) else { continue };
-        if let Some(m) = super::mappings::compile(&path, &text, parsed.value, &mut errors) {
-            if let Some(prev) = mappings.iter().find(|p| p.id == m.id) {
-                errors.push(ConfigError::at(
-                    &path,
-                    Some(m.origin.line),
-                    "id",
-                    format!("duplicate mapping id `{}` (first defined at {})", m.id, prev.origin),
-                ));
-            } else {
-                mappings.push(std::sync::Arc::new(m));
-            }
-        }
-    }
+    let mappings = compile_mappings(&dir.join("mappings"), &mut errors);
 
     let mut routes: Vec<Route> = Vec::new();
     let default_limits = gateway.as_ref().map(|g| g.limits.clone()).unwrap_or_else(default_limits);
@@ -222,6 +206,47 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// Unknown entries in the directory are errors: a misspelt `gatway.yaml` must not be ignored.
+/// Compiles the mapping files of a `mappings/` directory (the translation CLI uses it alone).
+pub fn load_mappings(dir: &Path) -> Result<Vec<std::sync::Arc<crate::translate::Mapping>>, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    if !dir.is_dir() {
+        errors.push(ConfigError::at(
+            dir,
+            None,
+            "",
+            "no such directory: give the policies directory or its mappings/".to_owned(),
+        ));
+        return Err(errors);
+    }
+    let mappings = compile_mappings(dir, &mut errors);
+    if errors.is_empty() {
+        Ok(mappings)
+    } else {
+        Err(errors)
+    }
+}
+
+fn compile_mappings(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<std::sync::Arc<crate::translate::Mapping>> {
+    let mut mappings: Vec<std::sync::Arc<crate::translate::Mapping>> = Vec::new();
+    for path in yaml_files(dir, errors) {
+        let Some(text) = read(&path, errors) else { continue };
+        let Some(parsed) = yaml::parse::<super::raw::RawMapping>(&path, &text, errors) else { continue };
+        if let Some(m) = super::mappings::compile(&path, &text, parsed.value, errors) {
+            if let Some(prev) = mappings.iter().find(|p| p.id == m.id) {
+                errors.push(ConfigError::at(
+                    &path,
+                    Some(m.origin.line),
+                    "id",
+                    format!("duplicate mapping id `{}` (first defined at {})", m.id, prev.origin),
+                ));
+            } else {
+                mappings.push(std::sync::Arc::new(m));
+            }
+        }
+    }
+    mappings
+}
+
 fn check_layout(dir: &Path, errors: &mut Vec<ConfigError>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::raw::RawMapping;
+use super::raw::{RawClasses, RawMapping};
 use super::yaml::Sp;
 use super::{ConfigError, Origin};
 use crate::translate::{jq, ocsf, Envelope, Mapping, MappingStats, Sample, Target};
@@ -58,30 +58,40 @@ fn target(raw: &Sp<super::raw::RawMappingTarget>, file: &Path, out: &mut Vec<Con
                     return None;
                 }
             }
-            let Some(class) = &t.class else {
+            let names: Vec<&Sp<String>> = match &t.class {
+                None => Vec::new(),
+                Some(RawClasses::One(c)) => vec![c],
+                Some(RawClasses::Many(list)) => list.iter().collect(),
+            };
+            if names.is_empty() {
                 err(
                     out,
                     raw.line,
                     "target.class",
-                    "an OCSF target needs `class` (e.g. `detection_finding`)".to_owned(),
+                    "an OCSF target needs `class` (e.g. `detection_finding`, or a list of classes)".to_owned(),
                 );
                 return None;
-            };
-            match schema.classes.iter().find(|(_, c)| c.name == class.value) {
-                Some((uid, _)) => {
-                    Some(Target::Ocsf { version: schema.version.clone(), class_uid: *uid, class: class.value.clone() })
-                }
-                None => {
-                    let known: Vec<&str> = schema.classes.values().map(|c| c.name.as_str()).collect();
-                    err(
-                        out,
-                        class.line,
-                        "target.class",
-                        format!("`{}` is not among the built-in OCSF classes ({})", class.value, known.join(", ")),
-                    );
-                    None
+            }
+            let mut classes = Vec::new();
+            let errors_before = out.len();
+            for class in names {
+                match schema.classes.iter().find(|(_, c)| c.name == class.value) {
+                    Some((uid, _)) => classes.push((*uid, class.value.clone())),
+                    None => {
+                        let known: Vec<&str> = schema.classes.values().map(|c| c.name.as_str()).collect();
+                        err(
+                            out,
+                            class.line,
+                            "target.class",
+                            format!("`{}` is not among the built-in OCSF classes ({})", class.value, known.join(", ")),
+                        );
+                    }
                 }
             }
+            if out.len() > errors_before {
+                return None;
+            }
+            Some(Target::Ocsf { version: schema.version.clone(), classes })
         }
         "ecs" => {
             if let Some(v) = version.filter(|v| !(*v == "8.17" || v.starts_with("8.17."))) {

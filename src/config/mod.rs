@@ -29,7 +29,7 @@ use crate::identity::Identity;
 use crate::proxy::router::{HostPattern, Rewrite, Router, Template};
 use crate::tls::ClientAuth;
 
-pub use compile::load;
+pub use compile::{load, load_mappings};
 
 /// One configuration problem, located as precisely as the source allows.
 #[derive(Debug, Clone, PartialEq, Eq)]

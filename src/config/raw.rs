@@ -785,8 +785,19 @@ pub struct RawMappingTarget {
     pub schema: Sp<String>,
     /// `1.8.0` (OCSF), `8.17` (ECS), `2.1` (STIX).
     pub version: Option<Sp<String>>,
-    /// OCSF event class name (`detection_finding`).
-    pub class: Option<Sp<String>>,
+    /// OCSF event class name (`detection_finding`), or a list when the program picks the class per
+    /// record (`[authentication, account_change]`).
+    pub class: Option<RawClasses>,
+}
+
+/// One OCSF class name or several.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawClasses {
+    /// `detection_finding`.
+    One(Sp<String>),
+    /// `[authentication, account_change]`.
+    Many(Vec<Sp<String>>),
 }
 
 /// One sample.

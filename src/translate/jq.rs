@@ -235,10 +235,19 @@ fn check_safety(code: &str) -> Vec<CompileError> {
     out
 }
 
+/// The source of the helpers every mapping program can call (`num`, `int`, `bool`, `ms`, `iso`,
+/// `severity_id`, `score_severity_id`, `prune`, `unmapped(keys)`).
+pub const PRELUDE: &str = include_str!("prelude.jq");
+
+fn prelude() -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
+    // Tested below: the prelude parses.
+    jaq_core::load::parse(PRELUDE, |p| p.defs()).unwrap_or_default().into_iter()
+}
+
 impl Program {
     /// Parses and compiles `code` with jq's standard library (jaq-std, jaq-json).
     pub fn compile(code: &str) -> Result<Program, Vec<CompileError>> {
-        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude());
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
@@ -331,6 +340,51 @@ mod tests {
         assert!(e[0].starts_with("2: ") && e[0].contains("nosuchfn"), "{e:?}");
         // A runtime error is an error, not a panic.
         assert!(Program::compile(".a.b").unwrap().run(&serde_json::json!({"a": "s"})).is_err());
+    }
+
+    #[test]
+    fn prelude_helpers() {
+        assert!(jaq_core::load::parse(PRELUDE, |p| p.defs()).is_some());
+        let run = |code: &str, input: serde_json::Value| Program::compile(code).unwrap().run(&input).unwrap().remove(0);
+        use serde_json::json;
+        assert_eq!(
+            run(
+                "map(ms)",
+                json!([
+                    "2026-11-30T14:02:09.120Z",
+                    "2026-11-30T14:02:09Z",
+                    "2026-11-30T14:02:09.5123456Z",
+                    "2026-11-30T16:02:09.12+02:00",
+                    "1796047329",
+                    1796047329,
+                    1796047329120_i64,
+                    "soon",
+                    null
+                ])
+            ),
+            json!([
+                1796047329120_i64,
+                1796047329000_i64,
+                1796047329512_i64,
+                1796047329120_i64,
+                1796047329000_i64,
+                1796047329000_i64,
+                1796047329120_i64,
+                null,
+                null
+            ])
+        );
+        assert_eq!(
+            run("map(iso)", json!([1796047329120_i64, "2026-11-30T14:02:09Z"])),
+            json!(["2026-11-30T14:02:09.120Z", "2026-11-30T14:02:09.000Z"])
+        );
+        assert_eq!(run("map(num)", json!(["42", 7, "x", null, "0.5"])), json!([42, 7, null, null, 0.5]));
+        assert_eq!(run("map(bool)", json!(["true", "FALSE", false, "no", 1])), json!([true, false, false, null, null]));
+        assert_eq!(run("map(severity_id)", json!(["High", "informational", "weird", null])), json!([4, 1, 99, 0]));
+        assert_eq!(run("map(score_severity_id)", json!([5, "30", 59, 79, 100, null])), json!([1, 2, 3, 4, 5, 0]));
+        assert_eq!(run("prune", json!({"a": null, "b": {"c": ""}, "d": [null, 1], "e": 0})), json!({"d": [1], "e": 0}));
+        assert_eq!(run("unmapped([\"a\"])", json!({"a": 1, "b": 2})), json!({"b": 2}));
+        assert_eq!(run("unmapped([\"a\"])", json!({"a": 1})), json!(null));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod check;
 pub mod jq;
 pub mod ocsf;
+pub mod samples;
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -40,10 +41,8 @@ pub enum Target {
     Ocsf {
         /// `1.8.0`.
         version: String,
-        /// `class_uid`, e.g. 2004.
-        class_uid: i64,
-        /// `detection_finding`.
-        class: String,
+        /// The event classes it may produce: (`class_uid`, name), e.g. (2004, `detection_finding`).
+        classes: Vec<(i64, String)>,
     },
     /// Elastic Common Schema documents.
     Ecs {
@@ -67,7 +66,10 @@ impl Target {
     /// Short description.
     pub fn describe(&self) -> String {
         match self {
-            Target::Ocsf { version, class_uid, class } => format!("ocsf {version} {class} ({class_uid})"),
+            Target::Ocsf { version, classes } => {
+                let names: Vec<String> = classes.iter().map(|(uid, name)| format!("{name} ({uid})")).collect();
+                format!("ocsf {version} {}", names.join(" or "))
+            }
             Target::Ecs { version } => format!("ecs {version}"),
             Target::Stix => "stix 2.1".to_owned(),
         }
@@ -101,11 +103,12 @@ impl Target {
     /// Validates one translated record; returns every problem (empty: valid).
     pub fn validate(&self, v: &Value) -> Vec<String> {
         match self {
-            Target::Ocsf { class_uid, .. } => {
+            Target::Ocsf { classes, .. } => {
                 let mut out = ocsf::bundled().validate(v);
                 if let Some(c) = v.get("class_uid").and_then(Value::as_i64) {
-                    if c != *class_uid {
-                        out.insert(0, format!("class_uid: {c}, but the mapping's target is {class_uid}"));
+                    if !classes.iter().any(|(uid, _)| *uid == c) {
+                        let want: Vec<String> = classes.iter().map(|(uid, _)| uid.to_string()).collect();
+                        out.insert(0, format!("class_uid: {c}, but the mapping's target is {}", want.join(" or ")));
                     }
                 }
                 out
@@ -244,86 +247,93 @@ impl Failure {
     }
 }
 
+/// What a mapping made of one vendor payload.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The translated document as the program produced it (records the program failed on are
+    /// `null`), also when it does not validate.
+    pub output: Value,
+    /// Records translated (1 without `each`).
+    pub records: usize,
+    /// Program errors and validation problems, record by record; empty when it validates.
+    pub reasons: Vec<String>,
+    /// Whether the program itself failed (rather than its output not validating).
+    pub program_failed: bool,
+}
+
 impl Mapping {
-    /// Translates a vendor body: the translated body and the number of records, or why not.
-    pub fn apply(&self, body: &[u8]) -> Result<(Vec<u8>, usize), Failure> {
-        let input: Value = serde_json::from_slice(body)
-            .map_err(|e| Failure { kind: "not-json", reasons: vec![format!("the vendor payload is not JSON: {e}")] })?;
+    /// Runs the program over a vendor payload and validates the result.
+    pub fn translate(&self, input: &Value) -> Outcome {
         let mut reasons = Vec::new();
-        let mut translate_one = |i: Option<usize>, v: &Value| -> Option<Value> {
+        let mut program_failed = false;
+        let mut translate_one = |i: Option<usize>, v: &Value| -> Value {
             let at = i.map_or_else(String::new, |i| format!("record {i}: "));
             match self.program.run(v) {
                 Ok(mut out) if out.len() == 1 => {
                     let o = out.pop().unwrap_or(Value::Null);
-                    let problems = self.target.validate(&o);
-                    if problems.is_empty() {
-                        Some(o)
-                    } else {
-                        reasons.extend(problems.into_iter().map(|p| format!("{at}{p}")));
-                        None
-                    }
+                    reasons.extend(self.target.validate(&o).into_iter().map(|p| format!("{at}{p}")));
+                    o
                 }
                 Ok(out) => {
+                    program_failed = true;
                     reasons.push(format!("{at}the program produced {} values instead of one", out.len()));
-                    None
+                    Value::Null
                 }
                 Err(e) => {
+                    program_failed = true;
                     reasons.push(format!("{at}program error: {e}"));
-                    None
+                    Value::Null
                 }
             }
         };
-        let (output, count) = match &self.each {
-            None => (translate_one(None, &input), 1),
-            Some(path) => {
-                let mut list_at = &input;
-                for seg in path {
-                    list_at = list_at.get(seg).unwrap_or(&Value::Null);
-                }
-                let items = match list_at {
-                    Value::Array(items) => items,
-                    Value::Null if !path.is_empty() => &Vec::new(),
-                    _ => {
-                        return Err(Failure {
-                            kind: "invalid",
-                            reasons: vec![format!("`{}` is not a list in the vendor payload", path.join("."))],
-                        })
-                    }
-                };
-                let translated: Vec<Option<Value>> =
-                    items.iter().enumerate().map(|(i, v)| translate_one(Some(i), v)).collect();
-                let n = translated.len();
-                if translated.iter().any(Option::is_none) {
-                    (None, n)
-                } else {
-                    let list = Value::Array(translated.into_iter().flatten().collect());
-                    let out = match self.envelope {
-                        Envelope::Drop => list,
-                        Envelope::Keep => {
-                            let mut whole = input.clone();
-                            let mut slot = &mut whole;
-                            for seg in path {
-                                slot = &mut slot[seg.as_str()];
-                            }
-                            *slot = list;
-                            whole
-                        }
-                    };
-                    (Some(out), n)
-                }
-            }
+        let Some(path) = &self.each else {
+            let output = translate_one(None, input);
+            return Outcome { output, records: 1, reasons, program_failed };
         };
-        match output {
-            Some(v) if reasons.is_empty() => Ok((serde_json::to_vec(&v).unwrap_or_default(), count)),
-            _ => {
-                let kind = if reasons.iter().any(|r| r.contains("program error") || r.contains("produced")) {
-                    "program-error"
-                } else {
-                    "invalid"
-                };
-                reasons.truncate(50);
-                Err(Failure { kind, reasons })
-            }
+        let mut list_at = input;
+        for seg in path {
+            list_at = list_at.get(seg).unwrap_or(&Value::Null);
         }
+        let items = match list_at {
+            Value::Array(items) => items.as_slice(),
+            // An absent list in an envelope is an empty page.
+            Value::Null if !path.is_empty() => &[],
+            _ => {
+                let what = if path.is_empty() { "the payload".to_owned() } else { format!("`.{}`", path.join(".")) };
+                return Outcome {
+                    output: Value::Null,
+                    records: 0,
+                    reasons: vec![format!("{what} is not a list in the vendor payload")],
+                    program_failed: false,
+                };
+            }
+        };
+        let list = Value::Array(items.iter().enumerate().map(|(i, v)| translate_one(Some(i), v)).collect());
+        let output = match self.envelope {
+            Envelope::Drop => list,
+            Envelope::Keep => {
+                let mut whole = input.clone();
+                let mut slot = &mut whole;
+                for seg in path {
+                    slot = &mut slot[seg.as_str()];
+                }
+                *slot = list;
+                whole
+            }
+        };
+        Outcome { output, records: items.len(), reasons, program_failed }
+    }
+
+    /// Translates a vendor body: the translated body and the number of records, or why not.
+    pub fn apply(&self, body: &[u8]) -> Result<(Vec<u8>, usize), Failure> {
+        let input: Value = serde_json::from_slice(body)
+            .map_err(|e| Failure { kind: "not-json", reasons: vec![format!("the vendor payload is not JSON: {e}")] })?;
+        let mut out = self.translate(&input);
+        if out.reasons.is_empty() {
+            return Ok((serde_json::to_vec(&out.output).unwrap_or_default(), out.records));
+        }
+        out.reasons.truncate(50);
+        let kind = if out.program_failed { "program-error" } else { "invalid" };
+        Err(Failure { kind, reasons: out.reasons })
     }
 }
