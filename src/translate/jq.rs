@@ -239,6 +239,66 @@ fn check_safety(code: &str) -> Vec<CompileError> {
 /// `severity_id`, `score_severity_id`, `prune`, `unmapped(keys)`).
 pub const PRELUDE: &str = include_str!("prelude.jq");
 
+/// The STIX 2.1 namespace for deterministic identifiers of cyber-observable objects (UUIDv5).
+const STIX_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x00abedb4_aa42_466c_9c01_fed23315a9b7);
+
+/// A STIX identifier `TYPE--UUIDv5` for the contributing properties in `props` (canonical JSON:
+/// keys sorted, no spaces), as STIX 2.1 section 2.9 specifies for observables; used for other
+/// objects too, so the same vendor record always yields the same identifiers.
+pub fn stix_id(ty: &str, props: &Value) -> String {
+    fn canonical(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    canonical(&m[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut name = String::new();
+    canonical(props, &mut name);
+    format!("{ty}--{}", uuid::Uuid::new_v5(&STIX_NAMESPACE, name.as_bytes()))
+}
+
+type Native = jaq_core::native::Fun<data::JustLut<Val>>;
+
+/// `stix_id(type)`: see [`stix_id`].
+fn stix_id_native<'a>(mut cv: jaq_core::Cv<'a, data::JustLut<Val>>) -> jaq_core::ValXs<'a, Val> {
+    let ty = cv.0.pop_var();
+    let props: Result<Value, _> = serde_json::from_str(&cv.1.to_string());
+    let out = match (ty, props) {
+        (Val::TStr(t), Ok(props)) => Ok(Val::utf8_str(stix_id(&String::from_utf8_lossy(&t), &props).into_bytes())),
+        _ => Err(jaq_core::Error::str("stix_id: the argument must be a type name string, the input JSON")),
+    };
+    jaq_core::native::bome(out)
+}
+
+/// Interlock's native functions: `stix_id(type)`.
+fn natives() -> impl Iterator<Item = Native> {
+    let run: jaq_core::RunPtr<data::JustLut<Val>> = stix_id_native;
+    [("stix_id", jaq_core::native::v(1), jaq_core::Native::<data::JustLut<Val>>::new(run))].into_iter()
+}
+
 fn prelude() -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
     // Tested below: the prelude parses.
     jaq_core::load::parse(PRELUDE, |p| p.defs()).unwrap_or_default().into_iter()
@@ -248,7 +308,7 @@ impl Program {
     /// Parses and compiles `code` with jq's standard library (jaq-std, jaq-json).
     pub fn compile(code: &str) -> Result<Program, Vec<CompileError>> {
         let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude());
-        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs()).chain(natives());
         let loader = Loader::new(defs);
         let arena = Arena::default();
         let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
@@ -340,6 +400,23 @@ mod tests {
         assert!(e[0].starts_with("2: ") && e[0].contains("nosuchfn"), "{e:?}");
         // A runtime error is an error, not a panic.
         assert!(Program::compile(".a.b").unwrap().run(&serde_json::json!({"a": "s"})).is_err());
+    }
+
+    const EXPECTED_IPV4_ID: &str = "ipv4-addr--28bb3599-77cd-5a82-a950-b5bc3caf07c4";
+
+    #[test]
+    fn stix_ids_follow_the_stix_namespace() {
+        // STIX 2.1 section 2.9: ipv4-addr with value 198.51.100.3 (computed independently with
+        // Python's uuid.uuid5 over the canonical JSON `{"value":"198.51.100.3"}`).
+        let p = Program::compile("stix_id(\"ipv4-addr\")").unwrap();
+        let got = p.run(&serde_json::json!({"value": "198.51.100.3"})).unwrap().remove(0);
+        assert_eq!(got, serde_json::json!(stix_id("ipv4-addr", &serde_json::json!({"value": "198.51.100.3"}))));
+        assert_eq!(got, serde_json::json!(EXPECTED_IPV4_ID));
+        // Key order does not matter.
+        assert_eq!(
+            stix_id("file", &serde_json::json!({"b": 1, "a": 2})),
+            stix_id("file", &serde_json::json!({"a": 2, "b": 1}))
+        );
     }
 
     #[test]
