@@ -79,9 +79,11 @@ fn target(raw: &Sp<super::raw::RawMappingTarget>, file: &Path, out: &mut Vec<Con
                     Some((uid, _)) => classes.push((*uid, class.value.clone())),
                     None => {
                         let known: Vec<&str> = schema.classes.values().map(|c| c.name.as_str()).collect();
+                        // A class inside an untagged list may carry no position: use the target's.
+                        let line = if class.line > 0 { class.line } else { raw.line };
                         err(
                             out,
-                            class.line,
+                            line,
                             "target.class",
                             format!("`{}` is not among the built-in OCSF classes ({})", class.value, known.join(", ")),
                         );

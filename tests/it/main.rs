@@ -18,6 +18,7 @@ mod streaming;
 mod support;
 mod tls_listener;
 mod traces;
+mod translate;
 mod upstream_tls;
 
 pub(crate) use lifecycle::{signal as lifecycle_signal, wait_exit as lifecycle_wait};
