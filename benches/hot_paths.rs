@@ -1,11 +1,18 @@
 //! Micro-benchmarks of the per-request hot pieces: path normalisation, route lookup, and the rate
 //! limiter's check (per-caller limit + vendor-account quota, admitted, and vendor header reading).
 //!
+//! And translation: a page of CrowdStrike alerts to OCSF Detection Findings with validation, in
+//! events per second on one core (`benches/translate.sh` sets it beside the `jq` command).
+//!
 //! `cargo bench --bench hot_paths`
 
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+
+/// The allocator the `interlock` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
@@ -111,5 +118,34 @@ fn limiter(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, normalisation, routing, limiter);
+/// A page of `n` CrowdStrike alerts built from the shipped fixture (ids varied per record).
+pub fn crowdstrike_page(n: usize) -> Vec<u8> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/mappings/samples/crowdstrike/alerts-v2.json");
+    let sample: serde_json::Value = serde_json::from_slice(&std::fs::read(root).unwrap()).unwrap();
+    let records = sample["resources"].as_array().unwrap();
+    let list: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let mut r = records[i % records.len()].clone();
+            r["composite_id"] = format!("cid:ind:{i:08}").into();
+            r["id"] = format!("ind:{i:08}").into();
+            r
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"meta": sample["meta"], "resources": list, "errors": []})).unwrap()
+}
+
+fn translation(c: &mut Criterion) {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/mappings"));
+    let mappings = interlock::config::load_mappings(dir).unwrap();
+    let m = mappings.iter().find(|m| m.id == "crowdstrike-alerts-ocsf").unwrap();
+    let page = crowdstrike_page(100);
+    let mut g = c.benchmark_group("translate");
+    g.throughput(criterion::Throughput::Elements(100));
+    g.bench_function("crowdstrike_alerts_to_ocsf_validated_page_of_100", |b| {
+        b.iter(|| m.apply(black_box(&page)).map(|(out, n)| (out.len(), n)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, normalisation, routing, limiter, translation);
 criterion_main!(benches);

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jaq_core::load::parse::{BinaryOp, Pattern, Term};
+use jaq_core::load::parse::{BinaryOp, Def, Pattern, Term};
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
 use jaq_json::Val;
@@ -235,6 +235,173 @@ fn check_safety(code: &str) -> Vec<CompileError> {
     out
 }
 
+/// The name the program is compiled under.
+const MAIN: &str = "__interlock_main";
+
+/// A literal list or object (of at least two items, all literals) as JSON text.
+fn constant(t: &Term<&str>) -> Option<Value> {
+    use jaq_core::load::lex::StrPart;
+    let scalar = |t: &Term<&str>| -> Option<Value> {
+        match t {
+            Term::Num(n) => serde_json::from_str::<serde_json::Number>(n).ok().map(Value::Number),
+            Term::Str(None, parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    match p {
+                        StrPart::Str(s) => out.push_str(s),
+                        StrPart::Char(c) => out.push(*c),
+                        StrPart::Term(_) => return None,
+                    }
+                }
+                Some(Value::String(out))
+            }
+            Term::Call("true", a) if a.is_empty() => Some(Value::Bool(true)),
+            Term::Call("false", a) if a.is_empty() => Some(Value::Bool(false)),
+            Term::Call("null", a) if a.is_empty() => Some(Value::Null),
+            Term::Neg(x) => match &**x {
+                Term::Num(n) => serde_json::from_str::<serde_json::Number>(&format!("-{n}")).ok().map(Value::Number),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    fn items<'a>(t: &'a Term<&'a str>, out: &mut Vec<&'a Term<&'a str>>) {
+        match t {
+            Term::BinOp(l, BinaryOp::Comma, r) => {
+                items(l, out);
+                items(r, out);
+            }
+            other => out.push(other),
+        }
+    }
+    let any = |t: &Term<&str>| scalar(t).or_else(|| constant(t));
+    match t {
+        Term::Arr(Some(inner)) => {
+            let mut list = Vec::new();
+            items(inner, &mut list);
+            let values: Option<Vec<Value>> = list.into_iter().map(any).collect();
+            values.filter(|v| v.len() >= 2).map(Value::Array)
+        }
+        Term::Obj(kvs) if kvs.len() >= 2 => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in kvs {
+                let Some(Value::String(k)) = scalar(k) else { return None };
+                map.insert(k, any(v.as_ref()?)?);
+            }
+            Some(Value::Object(map))
+        }
+        _ => None,
+    }
+}
+
+/// Calls `f` on every direct sub-term of `t`.
+fn children<'t, 's>(t: &'t mut Term<&'s str>, f: &mut impl FnMut(&'t mut Term<&'s str>)) {
+    use jaq_core::path::Part;
+    match t {
+        Term::Obj(kvs) => {
+            for (k, v) in kvs.iter_mut() {
+                f(k);
+                if let Some(v) = v {
+                    f(v);
+                }
+            }
+        }
+        Term::Str(_, parts) => {
+            for p in parts {
+                if let jaq_core::load::lex::StrPart::Term(x) = p {
+                    f(x);
+                }
+            }
+        }
+        Term::Arr(Some(x)) | Term::Neg(x) | Term::Label(_, x) => f(x),
+        Term::BinOp(l, _, r) => {
+            f(l);
+            f(r);
+        }
+        Term::Fold(_, x, _, args) => {
+            f(x);
+            args.iter_mut().for_each(f);
+        }
+        Term::TryCatch(x, c) => {
+            f(x);
+            if let Some(c) = c {
+                f(c);
+            }
+        }
+        Term::IfThenElse(branches, otherwise) => {
+            for (c, b) in branches {
+                f(c);
+                f(b);
+            }
+            if let Some(o) = otherwise {
+                f(o);
+            }
+        }
+        Term::Def(defs, body) => {
+            for d in defs {
+                f(&mut d.body);
+            }
+            f(body);
+        }
+        Term::Call(_, args) => args.iter_mut().for_each(f),
+        Term::Path(head, path) => {
+            f(head);
+            for (part, _) in &mut path.0 {
+                match part {
+                    Part::Index(i) => f(i),
+                    Part::Range(a, b) => {
+                        for x in [a, b].into_iter().flatten() {
+                            f(x);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON text of every literal list and object of a program (outermost ones).
+fn collect_constants(t: &Term<&str>, out: &mut BTreeSet<String>) {
+    if let Some(v) = constant(t) {
+        out.insert(v.to_string());
+        return;
+    }
+    let mut t = t.clone();
+    children(&mut t, &mut |c| collect_constants(c, out));
+}
+
+/// Replaces literal lists and objects by `__const("<json>")`: built once, shared by every run
+/// (jaq would otherwise build `{"new": 1, "closed": 4}` key by key on every evaluation).
+fn fold_constants<'s>(t: &mut Term<&'s str>, texts: &'s BTreeSet<String>) {
+    use jaq_core::load::lex::StrPart;
+    if let Some(text) = constant(t).and_then(|v| texts.get(&v.to_string())) {
+        *t = Term::Call("__const", vec![Term::Str(None, vec![StrPart::Str(text.as_str())])]);
+        return;
+    }
+    children(t, &mut |c| fold_constants(c, texts));
+}
+
+/// Rewrites object constructions `{a: f, b: g, c: h}` into `(({a: f} + {b: g}) + {c: h})`.
+///
+/// jaq builds `{a: f, b: g, c: h}` as `{a: f} + ({b: g} + {c: h})`, copying the growing right-hand
+/// object into each single-key left-hand one: quadratic in the number of keys, and the
+/// allocations dominated translating records with a few dozen fields. Folding left extends one
+/// object in place (jaq does not copy a value used once). The outputs, their order for
+/// generators, and "the last duplicate key wins" are the same.
+fn flatten_objects(t: &mut Term<&str>) {
+    children(t, &mut flatten_objects);
+    if let Term::Obj(kvs) = t {
+        if kvs.len() > 2 {
+            let mut entries = std::mem::take(kvs).into_iter();
+            let first = Term::Obj(entries.next().into_iter().collect());
+            *t = entries.fold(first, |acc, kv| {
+                Term::BinOp(Box::new(acc), BinaryOp::Math(jaq_core::ops::Math::Add), Box::new(Term::Obj(vec![kv])))
+            });
+        }
+    }
+}
+
 /// The source of the helpers every mapping program can call (`num`, `int`, `bool`, `ms`, `iso`,
 /// `severity_id`, `score_severity_id`, `prune`, `unmapped(keys)`).
 pub const PRELUDE: &str = include_str!("prelude.jq");
@@ -280,38 +447,48 @@ pub fn stix_id(ty: &str, props: &Value) -> String {
     format!("{ty}--{}", uuid::Uuid::new_v5(&STIX_NAMESPACE, name.as_bytes()))
 }
 
-type Native = jaq_core::native::Fun<data::JustLut<Val>>;
-
-/// `stix_id(type)`: see [`stix_id`].
-fn stix_id_native<'a>(mut cv: jaq_core::Cv<'a, data::JustLut<Val>>) -> jaq_core::ValXs<'a, Val> {
-    let ty = cv.0.pop_var();
-    let props: Result<Value, _> = serde_json::from_str(&cv.1.to_string());
-    let out = match (ty, props) {
-        (Val::TStr(t), Ok(props)) => Ok(Val::utf8_str(stix_id(&String::from_utf8_lossy(&t), &props).into_bytes())),
-        _ => Err(jaq_core::Error::str("stix_id: the argument must be a type name string, the input JSON")),
-    };
-    jaq_core::native::bome(out)
-}
-
-/// Interlock's native functions: `stix_id(type)`.
-fn natives() -> impl Iterator<Item = Native> {
-    let run: jaq_core::RunPtr<data::JustLut<Val>> = stix_id_native;
-    [("stix_id", jaq_core::native::v(1), jaq_core::Native::<data::JustLut<Val>>::new(run))].into_iter()
-}
-
-fn prelude() -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
+/// The prelude's definitions, without those `natives` implements (all of them for `jq_only`).
+fn prelude(jq_only: bool) -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
     // Tested below: the prelude parses.
-    jaq_core::load::parse(PRELUDE, |p| p.defs()).unwrap_or_default().into_iter()
+    jaq_core::load::parse(PRELUDE, |p| p.defs())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(move |d| jq_only || !super::native::REPLACED.contains(&d.name))
 }
 
 impl Program {
     /// Parses and compiles `code` with jq's standard library (jaq-std, jaq-json).
     pub fn compile(code: &str) -> Result<Program, Vec<CompileError>> {
-        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude());
-        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs()).chain(natives());
+        Program::compile_with(code, false)
+    }
+
+    /// `compile`, with the prelude's helpers all in jq (`jq_only`) rather than native.
+    fn compile_with(code: &str, jq_only: bool) -> Result<Program, Vec<CompileError>> {
+        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude(jq_only));
+        let natives = super::native::natives().filter(move |f| !jq_only || f.0 == "stix_id");
+        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs()).chain(natives);
+        // The program becomes a definition whose object constructions are rewritten (see
+        // `flatten_objects`); if it does not parse that way, it is loaded as written, for the
+        // errors. The wrapper adds no line, so error lines stay the program's.
+        let wrapped = format!("def {MAIN}: {code}\n;");
+        let mut constants = BTreeSet::new();
+        let (base, main, own): (&str, &str, Vec<Def<&str>>) = match jaq_core::load::parse(&wrapped, |p| p.defs()) {
+            Some(mut own) => {
+                for d in &own {
+                    collect_constants(&d.body, &mut constants);
+                }
+                for d in &mut own {
+                    fold_constants(&mut d.body, &constants);
+                    flatten_objects(&mut d.body);
+                }
+                (wrapped.as_str(), MAIN, own)
+            }
+            None => (code, code, Vec::new()),
+        };
+        let defs = defs.chain(own);
         let loader = Loader::new(defs);
         let arena = Arena::default();
-        let modules = loader.load(&arena, File { code, path: () }).map_err(|errs| {
+        let modules = loader.load(&arena, File { code: main, path: () }).map_err(|errs| {
             errs.into_iter()
                 .flat_map(|(_file, e)| match e {
                     jaq_core::load::Error::Io(list) => list
@@ -321,14 +498,14 @@ impl Program {
                     jaq_core::load::Error::Lex(list) => list
                         .into_iter()
                         .map(|(expect, at)| CompileError {
-                            line: line_of(code, at),
+                            line: line_of(base, at),
                             message: format!("expected {}", expect.as_str()),
                         })
                         .collect(),
                     jaq_core::load::Error::Parse(list) => list
                         .into_iter()
                         .map(|(expect, at)| CompileError {
-                            line: line_of(code, at),
+                            line: line_of(base, at),
                             message: format!(
                                 "expected {}, found `{}`",
                                 expect.as_str(),
@@ -343,7 +520,7 @@ impl Program {
             errs.into_iter()
                 .flat_map(|(_file, list)| {
                     list.into_iter().map(|(name, undef)| CompileError {
-                        line: line_of(code, name),
+                        line: line_of(base, name),
                         message: format!("undefined {} `{name}`", undef.as_str()),
                     })
                 })
@@ -420,9 +597,43 @@ mod tests {
     }
 
     #[test]
+    fn rewritten_literals_and_objects_behave_as_written() {
+        let run = |code: &str| Program::compile(code).unwrap().run(&serde_json::json!({"k": "b"})).unwrap();
+        use serde_json::json;
+        // A shared literal updated in one run is not changed for the next.
+        let p = Program::compile("{\"a\": 1, \"b\": [1, -2.5, null, true]} | .b[0] = .a + 10").unwrap();
+        for _ in 0..2 {
+            assert_eq!(p.run(&json!(null)).unwrap(), vec![json!({"a": 1, "b": [11, -2.5, null, true]})]);
+        }
+        assert_eq!(run("{\"a\": 1, \"b\": 2}[.k]"), vec![json!(2)]);
+        // Generators in objects: every combination, first key slowest, the last duplicate key wins.
+        assert_eq!(
+            run("{a: (1, 2), b: 3, c: (4, 5)}"),
+            vec![
+                json!({"a": 1, "b": 3, "c": 4}),
+                json!({"a": 1, "b": 3, "c": 5}),
+                json!({"a": 2, "b": 3, "c": 4}),
+                json!({"a": 2, "b": 3, "c": 5})
+            ]
+        );
+        assert_eq!(run("{a: 1, b: 2, a: 3}"), vec![json!({"a": 3, "b": 2})]);
+        assert_eq!(run("{(.k): 1, x: [1, 2], \"y\\n\": {}}"), vec![json!({"b": 1, "x": [1, 2], "y\n": {}})]);
+        assert_eq!(run("[1, 2] + [3]"), vec![json!([1, 2, 3])]);
+    }
+
+    #[test]
     fn prelude_helpers() {
         assert!(jaq_core::load::parse(PRELUDE, |p| p.defs()).is_some());
-        let run = |code: &str, input: serde_json::Value| Program::compile(code).unwrap().run(&input).unwrap().remove(0);
+        // The native helpers and their jq definitions (what the `jq` command runs) agree.
+        for jq_only in [false, true] {
+            prelude_helpers_in(jq_only);
+        }
+    }
+
+    fn prelude_helpers_in(jq_only: bool) {
+        let run = |code: &str, input: serde_json::Value| {
+            Program::compile_with(code, jq_only).unwrap().run(&input).unwrap().remove(0)
+        };
         use serde_json::json;
         assert_eq!(
             run(
@@ -462,6 +673,17 @@ mod tests {
         assert_eq!(run("prune", json!({"a": null, "b": {"c": ""}, "d": [null, 1], "e": 0})), json!({"d": [1], "e": 0}));
         assert_eq!(run("unmapped([\"a\"])", json!({"a": 1, "b": 2})), json!({"b": 2}));
         assert_eq!(run("unmapped([\"a\"])", json!({"a": 1})), json!(null));
+        assert_eq!(
+            run(
+                "map(ms)",
+                json!(["2026-12-01 22:10:05 UTC", "2026-12-01T09:30:00.000+01:00", "2026-12-01T09:30:00-0130", "1.5"])
+            ),
+            json!([1796163005000_i64, 1796113800000_i64, 1796122800000_i64, 1500])
+        );
+        assert_eq!(
+            run("{a: null, b: [{}, [], \"\", {c: [null]}], d: {e: {f: null}}, g: false} | prune", json!(null)),
+            json!({"g": false})
+        );
     }
 
     #[test]

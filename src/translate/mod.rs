@@ -13,6 +13,7 @@
 
 pub mod check;
 pub mod jq;
+mod native;
 pub mod ocsf;
 pub mod samples;
 
