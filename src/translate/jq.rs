@@ -485,7 +485,9 @@ impl Program {
             }
             None => (code, code, Vec::new()),
         };
-        let defs = defs.chain(own);
+        // Shortens the standard definitions' `'static` to the program's lifetime.
+        #[allow(clippy::map_identity)]
+        let defs = defs.map(|d| -> Def<&str> { d }).chain(own);
         let loader = Loader::new(defs);
         let arena = Arena::default();
         let modules = loader.load(&arena, File { code: main, path: () }).map_err(|errs| {
