@@ -792,7 +792,11 @@ fn run(dir: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(crate::app::run(dir, config)) {
+    let result = rt.block_on(crate::app::run(dir, config));
+    // A translation abandoned at its deadline may still run on a blocking thread: do not wait
+    // for it to exit (dropping the runtime would).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");

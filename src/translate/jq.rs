@@ -537,22 +537,62 @@ impl Program {
 
     /// Runs the program on `input`; every output, or the first error.
     pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
-        let text = input.to_string();
-        let val = jaq_json::read::parse_single(text.as_bytes()).map_err(|e| format!("input: {e}"))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut out = Vec::new();
-        for r in self.filter.id.run((ctx, val)).map(unwrap_valr) {
+        for r in self.filter.id.run((ctx, to_val(input))).map(unwrap_valr) {
             let v = r.map_err(|e| e.to_string())?;
-            let s = v.to_string();
-            out.push(
-                serde_json::from_str(&s)
-                    .map_err(|e| format!("output is not JSON ({e}): {}", s.chars().take(80).collect::<String>()))?,
-            );
+            out.push(from_val(&v));
             if out.len() > 10_000 {
                 return Err("the program produced more than 10000 outputs".to_owned());
             }
         }
         Ok(out)
+    }
+}
+
+/// A JSON value as a jq value, as jaq's own reader would make it (integers as integers, other
+/// numbers as their decimal text).
+fn to_val(v: &Value) -> Val {
+    match v {
+        Value::Null => Val::Null,
+        Value::Bool(b) => Val::Bool(*b),
+        Value::Number(n) => match n.as_i64().and_then(|i| isize::try_from(i).ok()) {
+            Some(i) => Val::from(i),
+            None if n.is_u64() => {
+                Val::Num(jaq_json::Num::from_str_radix(&n.to_string(), 10).unwrap_or(jaq_json::Num::Float(f64::NAN)))
+            }
+            None => Val::Num(jaq_json::Num::Dec(n.to_string().into())),
+        },
+        Value::String(s) => Val::utf8_str(s.clone().into_bytes()),
+        Value::Array(a) => Val::Arr(jaq_json::Rc::new(a.iter().map(to_val).collect())),
+        Value::Object(m) => {
+            Val::obj(m.iter().map(|(k, v)| (Val::utf8_str(k.clone().into_bytes()), to_val(v))).collect())
+        }
+    }
+}
+
+/// A jq value as JSON: non-finite numbers become null, as jq prints them; non-string keys their text.
+fn from_val(v: &Val) -> Value {
+    use jaq_json::Num;
+    match v {
+        Val::Null => Value::Null,
+        Val::Bool(b) => Value::Bool(*b),
+        Val::Num(Num::Int(i)) => Value::from(*i as i64),
+        Val::Num(Num::Float(f)) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Val::Num(n) => serde_json::from_str::<serde_json::Number>(&n.to_string()).map_or(Value::Null, Value::Number),
+        Val::TStr(b) | Val::BStr(b) => Value::String(String::from_utf8_lossy(b).into_owned()),
+        Val::Arr(a) => Value::Array(a.iter().map(from_val).collect()),
+        Val::Obj(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Val::TStr(b) | Val::BStr(b) => String::from_utf8_lossy(b).into_owned(),
+                        other => other.to_string(),
+                    };
+                    (key, from_val(v))
+                })
+                .collect(),
+        ),
     }
 }
 
