@@ -79,7 +79,7 @@ def cs_device_type_id: {"Workstation": 2, "Server": 1, "Domain Controller": 1}[.
       created_time: ($a.created_timestamp | ms),
       modified_time: ($a.updated_timestamp | ms),
       src_url: $a.falcon_host_link,
-      analytic: {name: $a.name, type_id: 1, type: "Rule"},
+      analytic: (if $a.name then {name: $a.name, type_id: 1, type: "Rule"} else null end),
       attacks: [
         select($a.tactic_id or $a.technique_id)
         | {

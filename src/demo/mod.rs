@@ -43,6 +43,13 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("upstreams/edr.yaml", include_str!("../../policies/demo/upstreams/edr.yaml")),
     ("routes/intel.yaml", include_str!("../../policies/demo/routes/intel.yaml")),
     ("routes/edr.yaml", include_str!("../../policies/demo/routes/edr.yaml")),
+    (
+        "mappings/crowdstrike-alerts-ocsf.yaml",
+        include_str!("../../policies/demo/mappings/crowdstrike-alerts-ocsf.yaml"),
+    ),
+    ("mappings/crowdstrike-alerts-ocsf.jq", include_str!("../../policies/mappings/crowdstrike-alerts-ocsf.jq")),
+    ("mappings/virustotal-file-stix.yaml", include_str!("../../policies/demo/mappings/virustotal-file-stix.yaml")),
+    ("mappings/virustotal-stix.jq", include_str!("../../policies/mappings/virustotal-stix.jq")),
     ("secrets/intel.key", include_str!("../../policies/demo/secrets/intel.key")),
     ("secrets/edr.token", include_str!("../../policies/demo/secrets/edr.token")),
 ];
@@ -340,6 +347,17 @@ pub fn curl_commands(gateway: SocketAddr, admin: SocketAddr) -> Vec<(String, Str
                 "curl -s {k} -X POST {g}/edr/alerts/details -H 'content-type: application/json' -d '{{\"composite_ids\":[\"{}\"]}}'",
                 ALERTS[0].0
             ),
+        ),
+        (
+            "The same alert as an OCSF 1.8 Detection Finding, validated (the gateway translates when asked):".into(),
+            format!(
+                "curl -s {k} -X POST {g}/edr/alerts/details -H 'content-type: application/json' -H 'accept: application/ocsf+json' -d '{{\"composite_ids\":[\"{}\"]}}'",
+                ALERTS[0].0
+            ),
+        ),
+        (
+            "The file report as a STIX 2.1 bundle:".into(),
+            format!("curl -s {k} -H 'accept: application/stix+json;version=2.1' {g}/intel/files/{BAD_HASH}"),
         ),
         ("An unknown hash: the vendor's own 404 passes through:".into(), format!("curl -s {k} {g}/intel/files/0000000000000000000000000000dead")),
         ("A path no route serves: a problem+json answer from the gateway:".into(), format!("curl -si {k} {g}/nope")),

@@ -57,6 +57,14 @@ fn demo_starts_and_its_printed_commands_succeed() {
     assert_eq!(ids["resources"].as_array().unwrap().len(), 2);
     let details: serde_json::Value = serde_json::from_str(&outputs[find("/edr/alerts/details")]).unwrap();
     assert_eq!(details["resources"][0]["severity_name"], "High");
+    // Asked for OCSF or STIX, the same routes answer translated and validated.
+    let ocsf: serde_json::Value = serde_json::from_str(&outputs[find("application/ocsf+json")]).unwrap();
+    assert_eq!(ocsf["resources"][0]["class_uid"], 2004, "{ocsf}");
+    assert_eq!(ocsf["resources"][0]["severity_id"], 4);
+    assert_eq!(ocsf["resources"][0]["finding_info"]["uid"], details["resources"][0]["composite_id"]);
+    let stix: serde_json::Value = serde_json::from_str(&outputs[find("application/stix+json")]).unwrap();
+    assert_eq!(stix["type"], "bundle", "{stix}");
+    assert!(stix["objects"].as_array().unwrap().iter().any(|o| o["type"] == "indicator"), "{stix}");
     let anon = &outputs[commands.iter().position(|c| !c.contains("x-api-key") && c.contains("/intel/files/")).unwrap()];
     assert!(anon.contains("401") && anon.contains("unauthenticated") && anon.contains("www-authenticate"), "{anon}");
     let nope = &outputs[find("/nope")];

@@ -1,0 +1,1 @@
+../../mappings/crowdstrike-alerts-ocsf.jq
