@@ -395,7 +395,9 @@ async fn two_gateway_processes_share_one_vendor_quota_through_redis() {
         let p = Policies::new("");
         p.write(
             "gateway.yaml",
-            &format!("listeners:\n  - bind: 127.0.0.1:{port}\nadmin:\n  bind: 127.0.0.1:{admin}\ncluster:\n  redis:\n    url: redis://127.0.0.1:6379/0\n    key_prefix: {prefix}\n"),
+            // A generous Redis timeout: on a loaded CI machine the default 100 ms can pass, and
+            // fail-open would then admit locally (this test is about sharing, not about that).
+            &format!("listeners:\n  - bind: 127.0.0.1:{port}\nadmin:\n  bind: 127.0.0.1:{admin}\ncluster:\n  redis:\n    url: redis://127.0.0.1:6379/0\n    key_prefix: {prefix}\n    timeout: 2s\n"),
         );
         callers(&p);
         p.upstream("v", up.addr, "", "quota:\n  limits: [20/1m]\n");
