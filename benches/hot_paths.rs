@@ -144,6 +144,12 @@ fn translation(c: &mut Criterion) {
     g.bench_function("crowdstrike_alerts_to_ocsf_validated_page_of_100", |b| {
         b.iter(|| m.apply(black_box(&page)).map(|(out, n)| (out.len(), n)).unwrap())
     });
+    // Its parts, per alert: the jq program alone, and validation alone.
+    let one: serde_json::Value = serde_json::from_slice::<serde_json::Value>(&page).unwrap()["resources"][0].clone();
+    let out = m.program.run(&one).unwrap().remove(0);
+    g.throughput(criterion::Throughput::Elements(1));
+    g.bench_function("program_only", |b| b.iter(|| m.program.run(black_box(&one)).unwrap().len()));
+    g.bench_function("validate_only", |b| b.iter(|| m.target.validate(black_box(&out)).len()));
     g.finish();
 }
 
