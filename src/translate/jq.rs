@@ -361,11 +361,17 @@ fn children<'t, 's>(t: &'t mut Term<&'s str>, f: &mut impl FnMut(&'t mut Term<&'
     }
 }
 
-/// The JSON text of every literal list and object of a program (outermost ones).
+/// The JSON text of every literal list and object of a program (outermost ones), and of the
+/// key lists of object constructions with literal keys.
 fn collect_constants(t: &Term<&str>, out: &mut BTreeSet<String>) {
     if let Some(v) = constant(t) {
         out.insert(v.to_string());
         return;
+    }
+    if let Term::Obj(kvs) = t {
+        if let Some(keys) = literal_keys(kvs) {
+            out.extend(key_groups(&keys));
+        }
     }
     let mut t = t.clone();
     children(&mut t, &mut |c| collect_constants(c, out));
@@ -382,23 +388,72 @@ fn fold_constants<'s>(t: &mut Term<&'s str>, texts: &'s BTreeSet<String>) {
     children(t, &mut |c| fold_constants(c, texts));
 }
 
-/// Rewrites object constructions `{a: f, b: g, c: h}` into `(({a: f} + {b: g}) + {c: h})`.
+/// The keys of an object construction whose keys are all literal strings and whose values are all
+/// given (`{a: f, "b": g}`, not `{(f): g}` or `{a}`).
+fn literal_keys(kvs: &[(Term<&str>, Option<Term<&str>>)]) -> Option<Vec<String>> {
+    use jaq_core::load::lex::StrPart;
+    kvs.iter()
+        .map(|(k, v)| {
+            v.as_ref()?;
+            let Term::Str(None, parts) = k else { return None };
+            let mut key = String::new();
+            for p in parts {
+                match p {
+                    StrPart::Str(s) => key.push_str(s),
+                    StrPart::Char(c) => key.push(*c),
+                    StrPart::Term(_) => return None,
+                }
+            }
+            Some(key)
+        })
+        .collect()
+}
+
+/// The JSON text of each group of keys `build_objects` passes to one `__objN`.
+fn key_groups(keys: &[String]) -> impl Iterator<Item = String> + '_ {
+    keys.chunks(super::native::OBJ_MAX).map(|c| Value::from(c.to_vec()).to_string())
+}
+
+/// Rewrites object constructions for speed; what they produce is unchanged.
 ///
 /// jaq builds `{a: f, b: g, c: h}` as `{a: f} + ({b: g} + {c: h})`, copying the growing right-hand
-/// object into each single-key left-hand one: quadratic in the number of keys, and the
-/// allocations dominated translating records with a few dozen fields. Folding left extends one
-/// object in place (jaq does not copy a value used once). The outputs, their order for
-/// generators, and "the last duplicate key wins" are the same.
-fn flatten_objects(t: &mut Term<&str>) {
-    children(t, &mut flatten_objects);
-    if let Term::Obj(kvs) = t {
-        if kvs.len() > 2 {
-            let mut entries = std::mem::take(kvs).into_iter();
-            let first = Term::Obj(entries.next().into_iter().collect());
-            *t = entries.fold(first, |acc, kv| {
-                Term::BinOp(Box::new(acc), BinaryOp::Math(jaq_core::ops::Math::Add), Box::new(Term::Obj(vec![kv])))
+/// object into each one-key left-hand one: quadratic in the number of keys, and its allocations
+/// dominated translating records with a few dozen fields. With literal keys, the construction
+/// becomes one native call, `__obj3(["a","b","c"]; f; g; h)` (the key list built once), which
+/// makes the object in one step; other constructions are folded left, `(({a: f} + {b: g}) + {c: h})`,
+/// which extends one object in place. The outputs, their order when values are generators (the
+/// first key varies slowest), and "the last duplicate key wins" are as before.
+fn build_objects<'s>(t: &mut Term<&'s str>, texts: &'s BTreeSet<String>) {
+    use jaq_core::load::lex::StrPart;
+    children(t, &mut |c| build_objects(c, texts));
+    let Term::Obj(kvs) = t else { return };
+    let add = |l: Term<&'s str>, r: Term<&'s str>| {
+        Term::BinOp(Box::new(l), BinaryOp::Math(jaq_core::ops::Math::Add), Box::new(r))
+    };
+    if let Some(keys) = literal_keys(kvs).filter(|k| k.len() >= 2) {
+        let mut entries = std::mem::take(kvs).into_iter();
+        let mut built: Option<Term<&'s str>> = None;
+        for (group, text) in keys.chunks(super::native::OBJ_MAX).zip(key_groups(&keys)) {
+            let part = match (group.len(), texts.get(&text)) {
+                (n, Some(text)) if n >= 2 => {
+                    let keys = Term::Call("__const", vec![Term::Str(None, vec![StrPart::Str(text.as_str())])]);
+                    let values = entries.by_ref().take(n).filter_map(|(_, v)| v);
+                    Term::Call(super::native::OBJ_NAMES[n], std::iter::once(keys).chain(values).collect())
+                }
+                (n, _) => Term::Obj(entries.by_ref().take(n).collect()),
+            };
+            built = Some(match built {
+                None => part,
+                Some(acc) => add(acc, part),
             });
         }
+        if let Some(b) = built {
+            *t = b;
+        }
+    } else if kvs.len() > 2 {
+        let mut entries = std::mem::take(kvs).into_iter();
+        let first = Term::Obj(entries.next().into_iter().collect());
+        *t = entries.fold(first, |acc, kv| add(acc, Term::Obj(vec![kv])));
     }
 }
 
@@ -465,7 +520,7 @@ impl Program {
     /// `compile`, with the prelude's helpers all in jq (`jq_only`) rather than native.
     fn compile_with(code: &str, jq_only: bool) -> Result<Program, Vec<CompileError>> {
         let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude(jq_only));
-        let natives = super::native::natives().filter(move |f| !jq_only || f.0 == "stix_id");
+        let natives = super::native::natives().filter(move |f| !jq_only || !super::native::REPLACED.contains(&f.0));
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs()).chain(natives);
         // The program becomes a definition whose object constructions are rewritten (see
         // `flatten_objects`); if it does not parse that way, it is loaded as written, for the
@@ -479,7 +534,7 @@ impl Program {
                 }
                 for d in &mut own {
                     fold_constants(&mut d.body, &constants);
-                    flatten_objects(&mut d.body);
+                    build_objects(&mut d.body, &constants);
                 }
                 (wrapped.as_str(), MAIN, own)
             }
@@ -661,6 +716,16 @@ mod tests {
         assert_eq!(run("{a: 1, b: 2, a: 3}"), vec![json!({"a": 3, "b": 2})]);
         assert_eq!(run("{(.k): 1, x: [1, 2], \"y\\n\": {}}"), vec![json!({"b": 1, "x": [1, 2], "y\n": {}})]);
         assert_eq!(run("[1, 2] + [3]"), vec![json!([1, 2, 3])]);
+        // Larger than one native call takes: built in groups, in order.
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}: (. | {i})")).collect();
+        let want: serde_json::Map<String, serde_json::Value> = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert_eq!(run(&format!("{{{}}}", keys.join(", "))), vec![serde_json::Value::Object(want)]);
+        assert_eq!(
+            run("{a: .k, b: .missing, \"c d\": {e: .k, f: [.k]}}"),
+            vec![json!({"a": "b", "b": null, "c d": {"e": "b", "f": ["b"]}})]
+        );
+        let err = Program::compile("{a: 1, b: error(\"boom\")}").unwrap().run(&json!(null)).unwrap_err();
+        assert!(err.contains("boom"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,31 @@ pub(super) type Native = jaq_core::native::Fun<D>;
 pub(super) const REPLACED: [&str; 9] =
     ["ms", "iso", "prune", "unmapped", "num", "int", "bool", "severity_id", "score_severity_id"];
 
+/// Most keys one `__objN` call takes (larger objects are built from several).
+pub(super) const OBJ_MAX: usize = 16;
+
+macro_rules! obj_natives {
+    ($($n:literal),*) => {
+        /// `__objN` by N (entries 0 and 1 unused).
+        pub(super) const OBJ_NAMES: [&str; OBJ_MAX + 1] = ["", "", $(concat!("__obj", $n)),*];
+        fn obj_natives() -> impl Iterator<Item = (&'static str, usize, jaq_core::RunPtr<D>)> {
+            [$((concat!("__obj", $n), $n + 1, obj_native::<$n> as jaq_core::RunPtr<D>)),*].into_iter()
+        }
+    };
+}
+obj_natives!(2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+
+/// `__objN(keys; v1; ...; vN)`: the object of the N keys (a list) and values (see `build_objects`).
+fn obj_native<'a, const N: usize>(mut cv: Cv<'a, D>) -> ValXs<'a, Val> {
+    let mut values: Vec<Val> = (0..N).map(|_| cv.0.pop_var()).collect();
+    values.reverse();
+    let out = match cv.0.pop_var() {
+        Val::Arr(keys) if keys.len() == N => Ok(Val::obj(keys.iter().cloned().zip(values).collect())),
+        _ => Err(jaq_core::Error::str("__obj: the first argument must be the list of keys")),
+    };
+    bome(out)
+}
+
 /// Interlock's native functions.
 pub(super) fn natives() -> impl Iterator<Item = Native> {
     let list: [(&'static str, usize, jaq_core::RunPtr<D>); 11] = [
@@ -41,7 +66,9 @@ pub(super) fn natives() -> impl Iterator<Item = Native> {
         ("prune", 0, prune_native),
         ("unmapped", 1, unmapped_native),
     ];
-    list.into_iter().map(|(name, arity, run)| (name, jaq_core::native::v(arity), jaq_core::Native::<D>::new(run)))
+    list.into_iter()
+        .chain(obj_natives())
+        .map(|(name, arity, run)| (name, jaq_core::native::v(arity), jaq_core::Native::<D>::new(run)))
 }
 
 fn text(v: &Val) -> Option<&str> {
@@ -173,8 +200,21 @@ fn is_empty(v: &Val) -> bool {
     }
 }
 
+/// Whether `prune` would change `v` (an empty value inside it, at any depth).
+fn has_empty_inside(v: &Val) -> bool {
+    match v {
+        Val::Obj(m) => m.values().any(|x| is_empty(x) || has_empty_inside(x)),
+        Val::Arr(a) => a.iter().any(|x| is_empty(x) || has_empty_inside(x)),
+        _ => false,
+    }
+}
+
 /// Removes nulls, empty strings, lists and objects at every depth (after pruning the inside).
+/// What holds nothing to remove is kept as it is, not copied.
 pub(super) fn prune(v: Val) -> Val {
+    if !has_empty_inside(&v) {
+        return v;
+    }
     match v {
         Val::Obj(m) => {
             let out: jaq_json::Map =
