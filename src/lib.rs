@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod config;
