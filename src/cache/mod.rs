@@ -5,6 +5,8 @@
 //! [`storable`], which reads the vendor's `Cache-Control` and the route's rules. The store and the
 //! coalescing of concurrent misses build on them.
 
+pub mod store;
+
 use std::time::Duration;
 
 use http::{header, HeaderMap, Method, StatusCode};

@@ -113,6 +113,8 @@ pub enum ResponseBody {
     Resumed(Option<Bytes>, Incoming, crate::upstream::resilience::InFlight),
     /// Produced over time by the gateway (the admin tap's event stream).
     Channel(tokio::sync::mpsc::Receiver<Bytes>),
+    /// What the gateway read of a body (to store it, when it turned out too large), then the rest.
+    Prefixed(Option<Bytes>, Box<ResponseBody>),
 }
 
 impl ResponseBody {
@@ -124,6 +126,21 @@ impl ResponseBody {
     pub fn empty() -> ResponseBody {
         ResponseBody::Full(None)
     }
+}
+
+/// Reads `body` whole when it holds at most `cap` bytes; otherwise what was read and the rest.
+pub async fn read_up_to(mut body: ResponseBody, cap: u64) -> Result<Result<Bytes, ResponseBody>, BoxError> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() as u64 > cap {
+                return Ok(Err(ResponseBody::Prefixed(Some(buf.freeze()), Box::new(body))));
+            }
+        }
+    }
+    Ok(Ok(buf.freeze()))
 }
 
 impl Body for ResponseBody {
@@ -141,6 +158,10 @@ impl Body for ResponseBody {
                 None => Pin::new(rest).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
             },
             ResponseBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Prefixed(first, rest) => match first.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
         }
     }
 
@@ -150,6 +171,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
             ResponseBody::Resumed(first, rest, _) => first.is_none() && rest.is_end_stream(),
             ResponseBody::Channel(_) => false,
+            ResponseBody::Prefixed(first, rest) => first.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -158,7 +180,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) | ResponseBody::Guarded(b, _) => b.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ResponseBody::Resumed(..) => SizeHint::default(),
-            ResponseBody::Channel(_) => SizeHint::default(),
+            ResponseBody::Channel(_) | ResponseBody::Prefixed(..) => SizeHint::default(),
         }
     }
 }
