@@ -93,6 +93,9 @@ pub enum GatewayError {
     /// The upstream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The failure of the vendor call this request waited on (coalesced cache misses all get it).
+    #[error(transparent)]
+    Shared(std::sync::Arc<GatewayError>),
     /// The gateway is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -204,6 +207,21 @@ pub struct Problem {
 }
 
 impl GatewayError {
+    /// Whether the vendor (or the way to it) failed, as opposed to a refusal of this caller: such
+    /// a failure is shared with the callers waiting on the same cache miss.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Upstream(_)
+                | GatewayError::RequestTimeout(_)
+                | GatewayError::CircuitOpen { .. }
+                | GatewayError::NoHealthyEndpoint { .. }
+                | GatewayError::Overloaded { .. }
+                | GatewayError::UpstreamBody { .. }
+                | GatewayError::Shared(_)
+        )
+    }
+
     /// The table: status, type and detail for each failure.
     pub fn problem(&self) -> Problem {
         use GatewayError as E;
@@ -288,6 +306,7 @@ impl GatewayError {
                 format!("The upstream did not answer within {} ms. Retry later; if it persists, the vendor API may be degraded.", d.as_millis()),
             ),
             E::Upstream(e) => upstream_problem(e),
+            E::Shared(inner) => inner.problem(),
             E::TranslationFailed { mapping, kind, reasons } => {
                 let shown: Vec<&str> = reasons.iter().take(10).map(String::as_str).collect();
                 let more = if reasons.len() > shown.len() { format!(" (and {} more)", reasons.len() - shown.len()) } else { String::new() };
@@ -542,6 +561,9 @@ pub fn retry_secs(d: std::time::Duration) -> u64 {
 
 /// The rescue: renders `err` and adds the headers its status calls for (`Allow`, `Retry-After`).
 pub fn rescue(err: &GatewayError, request_id: &str, trace_id: &str) -> Response<Bytes> {
+    if let GatewayError::Shared(inner) = err {
+        return rescue(inner, request_id, trace_id);
+    }
     let problem = err.problem();
     let mut res = render(&problem, request_id, trace_id);
     match err {

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub identity: Arc<IdentityRuntime>,
     /// Rate-limit and vendor-quota state: one per process, carried from snapshot to snapshot.
     pub limiter: Arc<crate::ratelimit::Limiter>,
+    /// The response cache: kept across reloads while `cache.max_bytes` stays the same.
+    pub cache: Arc<crate::cache::store::Store>,
 }
 
 impl Snapshot {
@@ -89,6 +91,10 @@ impl Snapshot {
             |p| p.limiter.clone(),
         );
         limiter.set_shared(config.gateway.cluster_redis.as_ref());
-        Ok(Snapshot { generation, loaded_at: SystemTime::now(), config, clients, identity, limiter })
+        let cache = match previous {
+            Some(p) if p.cache.max_bytes == config.gateway.cache_bytes => p.cache.clone(),
+            _ => Arc::new(crate::cache::store::Store::new(config.gateway.cache_bytes)),
+        };
+        Ok(Snapshot { generation, loaded_at: SystemTime::now(), config, clients, identity, limiter, cache })
     }
 }

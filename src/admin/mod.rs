@@ -103,6 +103,51 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
         (&Method::GET, "/routes") => json_value(&views::routes(&state.store.load())),
         (&Method::GET, "/upstreams") => json_value(&views::upstreams(&state.store.load())),
         (&Method::GET, "/mappings") => json_value(&views::mappings(&state.store.load())),
+        (&Method::GET, "/cache") => {
+            let snap = state.store.load();
+            let (entries, bytes) = snap.cache.stats().await;
+            let routes: Vec<serde_json::Value> = snap
+                .config
+                .routes
+                .iter()
+                .filter_map(|r| r.cache.as_ref().map(|c| (r, c)))
+                .map(|(r, c)| {
+                    serde_json::json!({
+                        "route": r.id,
+                        "ttl_s": c.ttl.as_secs(),
+                        "max_ttl_s": c.max_ttl.as_secs(),
+                        "negative_ttl_s": c.negative_ttl.as_secs(),
+                        "stale_if_error_s": c.stale_if_error.as_secs(),
+                        "shared": c.shared,
+                        "max_entry": c.max_entry,
+                        "override": c.override_reason,
+                    })
+                })
+                .collect();
+            json_value(&serde_json::json!({
+                "max_bytes": snap.cache.max_bytes,
+                "bytes": bytes,
+                "entries": entries,
+                "routes": routes,
+            }))
+        }
+        (&Method::DELETE, "/cache") => {
+            let snap = state.store.load();
+            let route = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("route=")));
+            if let Some(r) = route {
+                if !snap.config.routes.iter().any(|x| x.id == r) {
+                    return problem(
+                        StatusCode::NOT_FOUND,
+                        "no-route",
+                        "No such route",
+                        format!("No route `{r}`: see GET /routes for the ids."),
+                    );
+                }
+            }
+            let before = snap.cache.purge(route);
+            tracing::info!(route = route.unwrap_or("*"), entries_before = before, "cache purged");
+            json_value(&serde_json::json!({"purged": route.unwrap_or("*"), "entries_before": before}))
+        }
         (&Method::GET, "/tap") => tap(state, req.uri().query()),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
@@ -162,12 +207,12 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Resp
         (
             _,
             "/healthz" | "/readyz" | "/config/status" | "/reload" | "/config" | "/routes" | "/upstreams" | "/mappings"
-            | "/metrics" | "/tap",
+            | "/metrics" | "/tap" | "/cache",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "Method not allowed",
-            "Use POST for /reload and GET for the other admin endpoints.".to_owned(),
+            "Use POST for /reload, GET or DELETE for /cache and GET for the other admin endpoints.".to_owned(),
         ),
         _ => problem(
             StatusCode::NOT_FOUND,

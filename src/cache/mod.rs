@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use http::{header, HeaderMap, Method, StatusCode};
 
+/// Default `cache.max_bytes`.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
 /// A route's `cache` block, compiled.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {

@@ -479,7 +479,13 @@ fn compile_gateway(dir: &Path, file: &Path, raw: RawGateway, side: &mut Side, ou
     });
     let cluster_redis =
         raw.cluster.as_ref().and_then(|c| c.redis.as_ref()).map(|r| compile_redis(dir, r, side, &mut e));
+    let cache_bytes = e.size(
+        &raw.cache.as_ref().and_then(|c| c.max_bytes.clone()),
+        "cache.max_bytes",
+        crate::cache::DEFAULT_MAX_BYTES,
+    );
     Gateway {
+        cache_bytes,
         cluster_redis: cluster_redis.flatten(),
         telemetry,
         admin_token,
@@ -1865,9 +1871,11 @@ fn compile_route(
         None => upstream.and_then(|u| upstreams[u].retry.clone()),
     };
     let translate = raw.translate.as_ref().and_then(|t| compile_translate(t, key, mappings, &mut e));
+    let cache = raw.cache.as_ref().map(|c| std::sync::Arc::new(compile_cache(c, key, &mut e)));
     let template = template?;
     Some(Route {
         translate,
+        cache,
         retry,
         rate_limits,
         credential,
@@ -1894,6 +1902,97 @@ fn compile_route(
         timeout,
         max_body,
     })
+}
+
+fn compile_cache(c: &super::raw::RawRouteCache, key: &str, e: &mut Errs<'_>) -> crate::cache::CachePolicy {
+    use crate::cache::CachePolicy;
+    let d = CachePolicy::default();
+    let k = |f: &str| format!("{key}.cache.{f}");
+    let ttl = e.duration(&c.ttl, &k("ttl"), d.ttl);
+    let max_ttl = e.duration(&c.max_ttl, &k("max_ttl"), d.max_ttl.max(ttl));
+    if max_ttl < ttl {
+        e.push_line(c.max_ttl.as_ref().map(|v| v.line), &k("max_ttl"), "is shorter than `ttl`");
+    }
+    let negative_ttl = e.duration(&c.negative_ttl, &k("negative_ttl"), d.negative_ttl);
+    let stale_if_error = e.duration(&c.stale_if_error, &k("stale_if_error"), d.stale_if_error);
+    let max_entry = e.size(&c.max_entry, &k("max_entry"), d.max_entry);
+    let body_key = c.body_key.as_ref().map(|_| e.size(&c.body_key, &k("body_key"), 64 * 1024));
+    let mut methods = Vec::new();
+    for m in c.methods.iter().flatten() {
+        match m.value.to_ascii_uppercase().as_str() {
+            "GET" => methods.push(http::Method::GET),
+            "HEAD" => methods.push(http::Method::HEAD),
+            "POST" if body_key.is_some() => methods.push(http::Method::POST),
+            "POST" => {
+                e.push(m, &k("methods"), "POST answers are cached only by their body: add `body_key` (e.g. `64KiB`)")
+            }
+            other => e.push(
+                m,
+                &k("methods"),
+                format!("`{other}`: cacheable methods are GET, HEAD and POST (with `body_key`)"),
+            ),
+        }
+    }
+    if c.methods.is_none() {
+        methods = d.methods.clone();
+        if body_key.is_some() {
+            methods.push(http::Method::POST);
+        }
+    }
+    let mut statuses = Vec::new();
+    for s in c.statuses.iter().flatten() {
+        match http::StatusCode::from_u16(s.value) {
+            Ok(st) if st.is_success() || st.is_client_error() => statuses.push(st),
+            _ => e.push(s, &k("statuses"), format!("{}: only 2xx and 4xx answers can be stored", s.value)),
+        }
+    }
+    if c.statuses.is_none() {
+        statuses = d.statuses.clone();
+    }
+    let mut vary = Vec::new();
+    for v in c.vary.iter().flatten() {
+        match http::HeaderName::from_bytes(v.value.as_bytes()) {
+            Ok(h) if h == http::header::AUTHORIZATION || h.as_str() == "x-api-key" => e.push(
+                v,
+                &k("vary"),
+                "caller credentials are never part of a cache key (answers are per caller unless `shared`)",
+            ),
+            Ok(h) => vary.push(h),
+            Err(_) => e.push(v, &k("vary"), format!("`{}` is not a header name", v.value)),
+        }
+    }
+    let honour_client_no_cache = match c.client_no_cache.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "bypass")) => true,
+        Some((_, "ignore")) => false,
+        Some((v, other)) => {
+            e.push(v, &k("client_no_cache"), format!("`{other}`: use `bypass` or `ignore`"));
+            true
+        }
+    };
+    let override_reason = c.override_reason.as_ref().map(|r| {
+        if r.value.trim().len() < 10 {
+            e.push(
+                r,
+                &k("override"),
+                "say why the vendor's Cache-Control is overridden (a sentence, for the next reader)",
+            );
+        }
+        r.value.clone()
+    });
+    CachePolicy {
+        ttl,
+        max_ttl,
+        negative_ttl,
+        shared: c.shared.unwrap_or(false),
+        methods,
+        statuses,
+        vary,
+        body_key,
+        stale_if_error,
+        max_entry,
+        honour_client_no_cache,
+        override_reason,
+    }
 }
 
 fn compile_translate(

@@ -144,6 +144,8 @@ pub struct Gateway {
     pub admin_token: Option<crate::credentials::Secret>,
     /// `cluster.redis`: where shared limits are counted.
     pub cluster_redis: Option<crate::ratelimit::shared::Settings>,
+    /// Response cache budget in bytes (`cache.max_bytes`).
+    pub cache_bytes: u64,
 }
 
 /// One data-plane listener.
@@ -438,4 +440,6 @@ pub struct Route {
     pub retry: Option<std::sync::Arc<crate::upstream::resilience::RetryPolicy>>,
     /// Response translation.
     pub translate: Option<crate::translate::RouteTranslate>,
+    /// Response caching.
+    pub cache: Option<std::sync::Arc<crate::cache::CachePolicy>>,
 }

@@ -76,6 +76,16 @@ pub struct RawGateway {
     pub telemetry: Option<RawTelemetry>,
     /// State shared between replicas (rate limits and vendor quotas in Redis).
     pub cluster: Option<RawCluster>,
+    /// The response cache (routes opt in with their own `cache`).
+    pub cache: Option<RawGatewayCache>,
+}
+
+/// `cache` in gateway.yaml.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawGatewayCache {
+    /// Memory for cached responses, all routes together (default `64MiB`; read at start-up).
+    pub max_bytes: Option<Sp<SizeText>>,
 }
 
 /// `cluster`: what replicas share.
@@ -722,6 +732,39 @@ pub struct RawRoute {
     pub retry: Option<RawRetry>,
     /// Translate successful JSON responses with a mapping (`policies/mappings/`).
     pub translate: Option<RawTranslate>,
+    /// Answer repeated lookups from the response cache.
+    pub cache: Option<RawRouteCache>,
+}
+
+/// A route's `cache`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Lifetime of a stored answer when the vendor gives none (default `5m`).
+    pub ttl: Option<Sp<DurationText>>,
+    /// Longest lifetime, the vendor's `max-age` included (default `1h`).
+    pub max_ttl: Option<Sp<DurationText>>,
+    /// Share answers between callers using the same vendor credential (default `false`: per caller).
+    pub shared: Option<bool>,
+    /// Methods answered from the cache (default `[GET, HEAD]`; `POST` needs `body_key`).
+    pub methods: Option<Vec<Sp<String>>>,
+    /// Statuses stored (default `[200, 203, 404]`; 404 only with `negative_ttl`).
+    pub statuses: Option<Vec<Sp<u16>>>,
+    /// Request headers that select different answers (part of the key).
+    pub vary: Option<Vec<Sp<String>>>,
+    /// Key POST lookups by their JSON body (canonicalised), read up to this size (e.g. `64KiB`).
+    pub body_key: Option<Sp<SizeText>>,
+    /// Lifetime of negative answers (404); default `0`: not stored.
+    pub negative_ttl: Option<Sp<DurationText>>,
+    /// How long past its lifetime an answer may stand in when the vendor fails (default `0`).
+    pub stale_if_error: Option<Sp<DurationText>>,
+    /// Largest answer stored (default `1MiB`); larger ones stream through.
+    pub max_entry: Option<Sp<SizeText>>,
+    /// A caller's `Cache-Control: no-cache`: `bypass` (default: fetch anew) or `ignore`.
+    pub client_no_cache: Option<Sp<String>>,
+    /// Store regardless of the vendor's `Cache-Control`, with the reason why (`Set-Cookie` still prevents it).
+    #[serde(rename = "override")]
+    pub override_reason: Option<Sp<String>>,
 }
 
 /// A route's `translate`.

@@ -9,6 +9,7 @@
 //! - `body`: streamed request and response bodies with limits.
 
 pub mod body;
+pub mod caching;
 pub mod headers;
 pub mod normalize;
 pub mod router;
@@ -78,7 +79,14 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let mut record = RequestRecord::start(conn.telemetry.clone(), &req, conn.scheme, id, trace_id, span);
     record.facts.client_ip = Some(conn.peer.ip().to_canonical());
     let method = req.method().clone();
-    let mut res = match forward(&snap, conn, req, &request_id, &mut record).await {
+    let mut fill = None;
+    let outcome = forward(&snap, conn, req, &request_id, &mut record, &mut fill).await;
+    // A cache miss this request led: store the answer, tell the requests that waited on it.
+    let outcome = match fill {
+        Some(c) => caching::finish(&snap, c, outcome, &mut record).await,
+        None => outcome,
+    };
+    let mut res = match outcome {
         Ok(res) => res,
         Err(err) => {
             let problem = err.problem();
@@ -110,6 +118,7 @@ async fn forward(
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
     record: &mut RequestRecord,
+    fill: &mut Option<caching::Caching>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let gw = &snap.config.gateway;
     // 1. Framing the sniffer saw on the wire (HTTP/1 only; HTTP/2 frames are unambiguous).
@@ -233,6 +242,35 @@ async fn forward(
     if let Some(len) = content_length(req.headers()) {
         if len > route.max_body {
             return Err(GatewayError::BodyTooLarge { limit: route.max_body });
+        }
+    }
+    // 10a. The response cache: after every decision about this caller (an answer stored for one
+    //      caller never reaches another who may not call the route), before the vendor quota is
+    //      drawn on (a hit spends none). Concurrent misses wait for one vendor call.
+    if let Some(policy) = route.cache.as_ref().filter(|p| p.methods.contains(req.method())) {
+        let scope = credential.map(|c| format!("{}:{}", c.id, account_of(Some(c)))).unwrap_or_default();
+        // The answer differs when translation is asked for.
+        let variant = match &route.translate {
+            Some(t) if translate::wanted(t, req.headers().get(header::ACCEPT)) => "translated",
+            _ => "",
+        };
+        let caller_id = caller.as_ref().map(|c| c.id.to_string());
+        match caching::lookup(
+            snap,
+            policy,
+            &req,
+            route,
+            &path,
+            caller_id.as_deref(),
+            &scope,
+            variant,
+            record,
+            &conn.telemetry,
+        )
+        .await
+        {
+            caching::Lookup::Answer(a) => return a,
+            caching::Lookup::Fetch(c) => *fill = Some(c),
         }
     }
     // 10b. Rate limits: the route's own (per caller, total), then the vendor account's quota. A

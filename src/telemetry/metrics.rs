@@ -175,6 +175,15 @@ pub struct TranslationLabels {
     pub result: String,
 }
 
+/// Labels of a cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Route id.
+    pub route: Label,
+    /// `hit`, `miss`, `coalesced`, `stale`, `bypass`.
+    pub result: &'static str,
+}
+
 /// Labels with only a mapping.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MappingOnly {
@@ -302,6 +311,10 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Translation outcomes (responses) by mapping and result.
     pub translations: Family<TranslationLabels, Counter>,
+    /// Cache lookups by route and result.
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    /// Vendor calls the cache answered instead (hits, coalesced waits, stale answers), by upstream.
+    pub cache_quota_saved: Family<UpstreamOnly, Counter>,
     /// Records translated, by mapping.
     pub translated_records: Family<MappingOnly, Counter>,
     /// Time spent translating and validating one response, by mapping.
@@ -358,6 +371,18 @@ impl Metrics {
             "translations",
             "Responses a route asked to translate, by mapping and result (translated, invalid, program_error, not_json, too_large, timeout, skipped)",
             translations.clone(),
+        );
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by route and result (hit, miss, coalesced, stale, bypass)",
+            cache_lookups.clone(),
+        );
+        let cache_quota_saved = Family::<UpstreamOnly, Counter>::default();
+        registry.register(
+            "cache_quota_saved",
+            "Vendor calls answered from the cache instead (vendor quota not spent), by upstream",
+            cache_quota_saved.clone(),
         );
         let translated_records = Family::<MappingOnly, Counter>::default();
         registry.register(
@@ -466,6 +491,8 @@ impl Metrics {
             bytes_in,
             bytes_out,
             translations,
+            cache_lookups,
+            cache_quota_saved,
             translated_records,
             translation_duration,
             audit,

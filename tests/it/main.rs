@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real sockets on 127.0.0.1, in-process upstreams.
 #![allow(unreachable_pub, missing_docs)]
 
+mod cache;
 mod credentials;
 mod demo;
 mod jwt;

@@ -1,0 +1,255 @@
+//! The response cache on the request path: look up before the vendor quota is drawn on, coalesce
+//! concurrent misses, store what may be stored (see [`crate::cache`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{read_up_to, ResponseBody};
+use crate::cache::store::{wait, Entry, Flight, Join, Shared};
+use crate::cache::CachePolicy;
+use crate::error::GatewayError;
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::{CacheLabels, Label, UpstreamOnly};
+use crate::telemetry::record::RequestRecord;
+use crate::telemetry::Telemetry;
+
+/// The `Interlock-Cache` response header.
+pub const INTERLOCK_CACHE: HeaderName = HeaderName::from_static("interlock-cache");
+
+/// A cache miss this request is answering.
+pub struct Caching {
+    route: Arc<str>,
+    upstream: Arc<str>,
+    policy: Arc<CachePolicy>,
+    key: String,
+    flight: Option<Flight>,
+    stale: Option<Arc<Entry>>,
+}
+
+/// Either an answer from the cache, or what the request must do to fill it.
+pub enum Lookup {
+    /// Answered from the cache (or with the failure the coalesced fetch met).
+    Answer(Result<Response<ResponseBody>, GatewayError>),
+    /// Go to the vendor; then [`finish`].
+    Fetch(Caching),
+}
+
+#[allow(clippy::too_many_arguments)] // the request's pieces, each borrowed differently
+/// Looks the request up. Call only after the caller is authorised for the route.
+pub async fn lookup(
+    snap: &Snapshot,
+    policy: &Arc<CachePolicy>,
+    req: &Request<Incoming>,
+    route: &crate::config::Route,
+    path: &str,
+    caller: Option<&str>,
+    credential_scope: &str,
+    variant: &str,
+    record: &mut RequestRecord,
+    telemetry: &Telemetry,
+) -> Lookup {
+    let key = crate::cache::key(
+        &crate::cache::KeyParts {
+            route: &route.id,
+            upstream: route_upstream(snap, route),
+            credential_scope,
+            method: req.method(),
+            path,
+            query: req.uri().query(),
+            caller,
+            headers: req.headers(),
+            body: Some(variant.as_bytes()),
+        },
+        policy,
+    );
+    let count = |result: &'static str, saved: bool| {
+        telemetry
+            .metrics
+            .cache_lookups
+            .get_or_create(&CacheLabels { route: Label(route.id_shared.clone()), result })
+            .inc();
+        if saved {
+            telemetry
+                .metrics
+                .cache_quota_saved
+                .get_or_create(&UpstreamOnly { upstream: Label(Arc::from(route_upstream(snap, route))) })
+                .inc();
+        }
+    };
+    if policy.honour_client_no_cache && crate::cache::client_bypass(req.headers()) {
+        record.facts.cache = Some("bypass");
+        count("bypass", false);
+        return Lookup::Fetch(Caching {
+            route: route.id_shared.clone(),
+            upstream: Arc::from(route_upstream(snap, route)),
+            policy: policy.clone(),
+            key,
+            flight: None,
+            stale: None,
+        });
+    }
+    let mut stale = None;
+    loop {
+        if let Some(e) = snap.cache.get(&key).await {
+            if e.fresh(Instant::now()) {
+                record.facts.cache = Some("hit");
+                count("hit", true);
+                return Lookup::Answer(Ok(answer(&e, "hit")));
+            }
+            stale = Some(e);
+        }
+        match snap.cache.join(&key) {
+            Join::Leader(flight) => {
+                record.facts.cache = Some("miss");
+                count("miss", false);
+                return Lookup::Fetch(Caching {
+                    route: route.id_shared.clone(),
+                    upstream: Arc::from(route_upstream(snap, route)),
+                    policy: policy.clone(),
+                    key,
+                    flight: Some(flight),
+                    stale,
+                });
+            }
+            Join::Follower(rx) => match wait(rx).await {
+                Some(Shared::Entry(e)) => {
+                    let how = if e.fresh(Instant::now()) { "coalesced" } else { "stale" };
+                    record.facts.cache = Some(how);
+                    count(how, true);
+                    return Lookup::Answer(Ok(answer(&e, how)));
+                }
+                Some(Shared::Failed(err)) => {
+                    if let Some(s) = stale.filter(|s| s.usable_stale(Instant::now())) {
+                        record.facts.cache = Some("stale");
+                        count("stale", true);
+                        return Lookup::Answer(Ok(answer(&s, "stale")));
+                    }
+                    record.facts.cache = Some("coalesced");
+                    count("coalesced", true);
+                    return Lookup::Answer(Err(GatewayError::Shared(err)));
+                }
+                // The answer could not be shared: call the vendor for this request alone.
+                Some(Shared::Pass) => {
+                    record.facts.cache = Some("miss");
+                    count("miss", false);
+                    return Lookup::Fetch(Caching {
+                        route: route.id_shared.clone(),
+                        upstream: Arc::from(route_upstream(snap, route)),
+                        policy: policy.clone(),
+                        key,
+                        flight: None,
+                        stale,
+                    });
+                }
+                // The leading request went away before an answer: try again (perhaps leading).
+                None => continue,
+            },
+        }
+    }
+}
+
+fn route_upstream<'a>(snap: &'a Snapshot, route: &crate::config::Route) -> &'a str {
+    snap.config.upstreams.get(route.upstream).map_or("", |u| u.id.as_str())
+}
+
+/// A response from a stored entry, with `Age` and `Interlock-Cache`.
+fn answer(e: &Entry, how: &'static str) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::full(e.body.clone()));
+    *res.status_mut() = e.status;
+    *res.headers_mut() = e.headers.clone();
+    res.headers_mut().insert(header::AGE, HeaderValue::from(e.age(Instant::now()).as_secs()));
+    res.headers_mut().insert(INTERLOCK_CACHE, HeaderValue::from_static(how));
+    res
+}
+
+/// Stores the vendor's answer when it may be, and ends the flight: waiters get the answer, the
+/// failure, or are told to call on their own.
+pub async fn finish(
+    snap: &Snapshot,
+    c: Caching,
+    outcome: Result<Response<ResponseBody>, GatewayError>,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let Caching { route, upstream, policy, key, flight, stale } = c;
+    let publish = |flight: Option<Flight>, outcome: Shared| {
+        if let Some(f) = flight {
+            f.finish(outcome);
+        }
+    };
+    let res = match outcome {
+        Ok(res) => res,
+        Err(e) if e.is_upstream_failure() => {
+            if let Some(s) = stale.filter(|s| s.usable_stale(Instant::now())) {
+                record.facts.cache = Some("stale");
+                publish(flight, Shared::Entry(s.clone()));
+                return Ok(answer(&s, "stale"));
+            }
+            let shared = Arc::new(e);
+            publish(flight, Shared::Failed(shared.clone()));
+            return Err(GatewayError::Shared(shared));
+        }
+        Err(e) => {
+            publish(flight, Shared::Pass);
+            return Err(e);
+        }
+    };
+    // A vendor in trouble (5xx): an expired answer still within `stale_if_error` stands in.
+    if res.status().is_server_error() {
+        if let Some(s) = stale.filter(|s| s.usable_stale(Instant::now())) {
+            record.facts.cache = Some("stale");
+            publish(flight, Shared::Entry(s.clone()));
+            return Ok(answer(&s, "stale"));
+        }
+    }
+    let how = if record.facts.cache == Some("bypass") { "bypass" } else { "miss" };
+    let lifetime = match crate::cache::storable(&policy, res.status(), res.headers()) {
+        Ok(l) => l,
+        Err(_) => {
+            publish(flight, Shared::Pass);
+            return Ok(marked(res, how));
+        }
+    };
+    let (mut parts, body) = res.into_parts();
+    let bytes: Bytes = match read_up_to(body, policy.max_entry).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(rest)) => {
+            // Larger than `max_entry`: streamed on, not stored.
+            publish(flight, Shared::Pass);
+            return Ok(marked(Response::from_parts(parts, rest), how));
+        }
+        Err(e) => {
+            let err = GatewayError::UpstreamBody { upstream: upstream.to_string(), why: e.to_string() };
+            publish(flight, Shared::Pass);
+            return Err(err);
+        }
+    };
+    // The allowance headers were this caller's; a stored answer must not repeat them to others.
+    let mut stored_headers = parts.headers.clone();
+    stored_headers.remove(crate::ratelimit::RATELIMIT);
+    stored_headers.remove(crate::ratelimit::RATELIMIT_POLICY);
+    stored_headers.remove(header::CONTENT_LENGTH);
+    let entry = Arc::new(Entry {
+        route,
+        upstream,
+        status: parts.status,
+        headers: stored_headers,
+        body: bytes.clone(),
+        stored: Instant::now(),
+        fresh_for: lifetime,
+        stale_for: policy.stale_if_error,
+    });
+    snap.cache.insert(key, entry.clone()).await;
+    publish(flight, Shared::Entry(entry));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(marked(Response::from_parts(parts, ResponseBody::full(bytes)), how))
+}
+
+fn marked(mut res: Response<ResponseBody>, how: &'static str) -> Response<ResponseBody> {
+    res.headers_mut().insert(INTERLOCK_CACHE, HeaderValue::from_static(how));
+    res
+}

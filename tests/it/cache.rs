@@ -1,0 +1,263 @@
+//! The response cache through the real gateway: coalescing, isolation by credential scope and
+//! caller, HTTP caching rules, negative and stale answers, client no-cache, purge.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::*;
+
+const KEYS: [(&str, &str); 3] = [
+    ("tenant-a-soar", "ilk_cache_tenant_a_000000000000000"),
+    ("tenant-a-siem", "ilk_cache_tenant_a2_11111111111111"),
+    ("tenant-b-soar", "ilk_cache_tenant_b_222222222222222"),
+];
+
+/// A vendor: `/slow/...` answers after 300 ms, `/cc/<value>` sends `Cache-Control: <value>`,
+/// `/cookie` sets a cookie, `/missing` is 404, `/flaky` fails while `fail` is set. Counts calls
+/// per path and remembers the credential each came with.
+#[derive(Clone)]
+struct Vendor {
+    addr: SocketAddr,
+    calls: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    fail: Arc<AtomicUsize>,
+}
+
+impl Vendor {
+    async fn start() -> Vendor {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let v = Vendor { addr: tcp.local_addr().unwrap(), calls: Arc::default(), fail: Arc::default() };
+        let vv = v.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = tcp.accept().await else { continue };
+                let v = vv.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let v = v.clone();
+                        async move { Ok::<_, std::convert::Infallible>(v.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        v
+    }
+
+    async fn answer(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let cred = req.headers().get("x-vendor-key").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let n = {
+            let mut c = self.calls.lock().unwrap();
+            let list = c.entry(path.clone()).or_default();
+            list.push(cred.clone());
+            list.len()
+        };
+        if path.starts_with("/slow") {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut res =
+            Response::new(Full::new(Bytes::from(format!("{{\"path\":\"{path}\",\"call\":{n},\"cred\":\"{cred}\"}}"))));
+        res.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        if let Some(cc) = path.strip_prefix("/cc/") {
+            res.headers_mut().insert("cache-control", cc.replace('_', " ").parse().unwrap());
+        }
+        if path == "/cookie" {
+            res.headers_mut().insert("set-cookie", "session=1".parse().unwrap());
+        }
+        if path == "/missing" {
+            *res.status_mut() = StatusCode::NOT_FOUND;
+        }
+        if path.starts_with("/flaky") && self.fail.load(Ordering::SeqCst) > 0 {
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        res
+    }
+
+    fn calls(&self, path: &str) -> Vec<String> {
+        self.calls.lock().unwrap().get(path).cloned().unwrap_or_default()
+    }
+}
+
+fn policies(v: &Vendor, route_cache: &str) -> Policies {
+    let p = Policies::new("");
+    let mut callers = String::from("callers:\n");
+    for (id, key) in KEYS {
+        let hash: String = interlock::identity::apikey::digest(key).iter().map(|b| format!("{b:02x}")).collect();
+        callers.push_str(&format!(
+            "  - id: {id}\n    groups: [tools]\n    api_keys:\n      - id: {id}-k\n        hash: sha256:{hash}\n"
+        ));
+    }
+    p.write("callers.yaml", &callers);
+    p.write("a.key", "vendor-key-a");
+    p.write("b.key", "vendor-key-b");
+    p.upstream(
+        "v",
+        v.addr,
+        "",
+        "credentials:\n  - id: acct-a\n    header: x-vendor-key\n    value: file:a.key\n    callers: [tenant-a-soar, tenant-a-siem]\n  - id: acct-b\n    header: x-vendor-key\n    value: file:b.key\n    callers: [tenant-b-soar]\n",
+    );
+    p.write(
+        "routes/r.yaml",
+        &format!(
+            "- id: lookups\n  match:\n    path: /**\n  upstream: v\n  allow: [group:tools]\n  cache:\n{route_cache}"
+        ),
+    );
+    p
+}
+
+async fn as_caller(
+    gw: &Running,
+    who: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let key = KEYS.iter().find(|k| k.0 == who).unwrap().1;
+    let mut b = Request::get(gw.url(path)).header("x-api-key", key);
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    call(&h1_client(), b.body(empty()).unwrap()).await
+}
+
+fn cache_header(h: &http::HeaderMap) -> &str {
+    h.get("interlock-cache").map(|v| v.to_str().unwrap()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_cold_requests_make_one_vendor_call() {
+    let v = Vendor::start().await;
+    let gw = Arc::new(Running::start(policies(&v, "    ttl: 1m\n    shared: true\n")).await);
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let gw = gw.clone();
+            let who = KEYS[i % 2].0; // two callers of the same vendor account
+            tokio::spawn(async move { as_caller(&gw, who, "/slow/files/abc", &[]).await })
+        })
+        .collect();
+    let mut how = HashMap::new();
+    for t in tasks {
+        let (status, h, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "{\"path\":\"/slow/files/abc\",\"call\":1,\"cred\":\"vendor-key-a\"}");
+        *how.entry(cache_header(&h).to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(v.calls("/slow/files/abc").len(), 1, "one vendor call for 50 requests");
+    assert_eq!(how.get("miss"), Some(&1), "{how:?}");
+    assert_eq!(how.values().sum::<i32>(), 50);
+    // The saved calls are counted against the vendor account.
+    let (_, _, metrics) = get(&format!("http://{}/metrics", gw.admin)).await;
+    let saved = metrics
+        .lines()
+        .find(|l| l.starts_with("interlock_cache_quota_saved_total{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(saved.ends_with(" 49"), "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_never_cross_credential_scopes_or_unshared_callers() {
+    let v = Vendor::start().await;
+    // Shared between callers of one vendor account, never across accounts.
+    let gw = Running::start(policies(&v, "    shared: true\n")).await;
+    let (_, h1, a) = as_caller(&gw, "tenant-a-soar", "/files/x", &[]).await;
+    let (_, h2, a2) = as_caller(&gw, "tenant-a-siem", "/files/x", &[]).await;
+    let (_, _, b) = as_caller(&gw, "tenant-b-soar", "/files/x", &[]).await;
+    assert_eq!((cache_header(&h1), cache_header(&h2)), ("miss", "hit"));
+    assert_eq!(a, a2);
+    assert!(b.contains("vendor-key-b") && a.contains("vendor-key-a"), "{a} / {b}");
+    assert_eq!(v.calls("/files/x"), vec!["vendor-key-a", "vendor-key-b"]);
+
+    // Not shared (the default): each caller has its own entries.
+    let v = Vendor::start().await;
+    let gw = Running::start(policies(&v, "    ttl: 1m\n")).await;
+    as_caller(&gw, "tenant-a-soar", "/files/y", &[]).await;
+    let (_, h, _) = as_caller(&gw, "tenant-a-siem", "/files/y", &[]).await;
+    assert_eq!(cache_header(&h), "miss");
+    let (_, h, _) = as_caller(&gw, "tenant-a-siem", "/files/y", &[]).await;
+    assert_eq!(cache_header(&h), "hit");
+    assert!(h.get("age").is_some());
+    assert_eq!(v.calls("/files/y").len(), 2);
+
+    // The admin API shows the cache and purges it by route.
+    let (status, _, stats) = get(&format!("http://{}/cache", gw.admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["entries"], 2, "{stats}");
+    assert_eq!(stats["routes"][0]["route"], "lookups");
+    let purge = |q: &'static str| {
+        let url = format!("http://{}/cache{q}", gw.admin);
+        async move { call(&h1_client(), Request::delete(url).body(empty()).unwrap()).await }
+    };
+    assert_eq!(purge("?route=nope").await.0, StatusCode::NOT_FOUND);
+    let (status, _, body) = purge("?route=lookups").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, h, _) = as_caller(&gw, "tenant-a-siem", "/files/y", &[]).await;
+    assert_eq!(cache_header(&h), "miss", "purged");
+    assert_eq!(v.calls("/files/y").len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vendor_cache_control_cookies_and_status_decide_what_is_stored() {
+    let v = Vendor::start().await;
+    let gw = Running::start(policies(&v, "    ttl: 1m\n")).await;
+    let twice = |path: &'static str| {
+        let gw = &gw;
+        async move {
+            as_caller(gw, "tenant-a-soar", path, &[]).await;
+            cache_header(&as_caller(gw, "tenant-a-soar", path, &[]).await.1).to_owned()
+        }
+    };
+    assert_eq!(twice("/cc/no-store").await, "miss");
+    assert_eq!(twice("/cc/max-age=0").await, "miss");
+    assert_eq!(twice("/cc/private,_max-age=60").await, "hit", "private is fine for a per-caller entry");
+    assert_eq!(twice("/cookie").await, "miss");
+    assert_eq!(twice("/missing").await, "miss", "no negative_ttl: 404s are not stored");
+    assert_eq!(twice("/plain").await, "hit");
+    assert_eq!(v.calls("/cc/no-store").len(), 2);
+    assert_eq!(v.calls("/cookie").len(), 2);
+    assert_eq!(v.calls("/plain").len(), 1);
+    // The client's no-cache fetches anew (and refreshes the entry).
+    let (_, h, body) = as_caller(&gw, "tenant-a-soar", "/plain", &[("cache-control", "no-cache")]).await;
+    assert_eq!(cache_header(&h), "bypass");
+    assert!(body.contains("\"call\":2"), "{body}");
+    let (_, h, body) = as_caller(&gw, "tenant-a-soar", "/plain", &[]).await;
+    assert_eq!(cache_header(&h), "hit");
+    assert!(body.contains("\"call\":2"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn negative_answers_and_stale_if_error() {
+    let v = Vendor::start().await;
+    let gw =
+        Running::start(policies(&v, "    ttl: 1s\n    negative_ttl: 1m\n    stale_if_error: 1m\n    shared: true\n"))
+            .await;
+    as_caller(&gw, "tenant-a-soar", "/missing", &[]).await;
+    let (status, h, _) = as_caller(&gw, "tenant-a-soar", "/missing", &[]).await;
+    assert_eq!((status, cache_header(&h)), (StatusCode::NOT_FOUND, "hit"));
+    assert_eq!(v.calls("/missing").len(), 1);
+
+    let (status, _, fresh) = as_caller(&gw, "tenant-a-soar", "/flaky", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    v.fail.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Expired, and the vendor fails: the stale answer stands in, said to be stale.
+    let (status, h, body) = as_caller(&gw, "tenant-a-soar", "/flaky", &[]).await;
+    assert_eq!((status, cache_header(&h)), (StatusCode::OK, "stale"));
+    assert_eq!(body, fresh);
+    assert!(h["age"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(v.calls("/flaky").len(), 2, "the vendor was asked, and failed");
+    // The vendor recovers: a fresh answer replaces it.
+    v.fail.store(0, Ordering::SeqCst);
+    let (status, h, body) = as_caller(&gw, "tenant-a-soar", "/flaky", &[]).await;
+    assert_eq!((status, cache_header(&h)), (StatusCode::OK, "miss"));
+    assert!(body.contains("\"call\":3"), "{body}");
+}
