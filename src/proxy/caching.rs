@@ -228,6 +228,8 @@ pub async fn finish(
             return Err(err);
         }
     };
+    // Kept at its exact size: the buffer it was read into may be up to twice as large.
+    let bytes = if bytes.len() < 4096 { bytes } else { Bytes::copy_from_slice(&bytes) };
     // The allowance headers were this caller's; a stored answer must not repeat them to others.
     let mut stored_headers = parts.headers.clone();
     stored_headers.remove(crate::ratelimit::RATELIMIT);

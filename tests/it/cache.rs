@@ -261,3 +261,73 @@ async fn negative_answers_and_stale_if_error() {
     assert_eq!((status, cache_header(&h)), (StatusCode::OK, "miss"));
     assert!(body.contains("\"call\":3"), "{body}");
 }
+
+/// Memory: answers worth ten times the budget go through the cache; the gateway's resident memory
+/// stays within the budget plus a fixed overhead. `cargo test --test it -- --ignored ten_times`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "memory measurement: run on its own"]
+async fn ten_times_the_budget_stays_within_the_budget() {
+    let up = Upstream::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let p = Policies::new("");
+    p.write(
+        "gateway.yaml",
+        &format!("listeners:\n  - bind: 127.0.0.1:{port}\nadmin:\n  bind: 127.0.0.1:{admin}\ncache:\n  max_bytes: 16MiB\nlog:\n  level: warn\n"),
+    );
+    p.upstream("u", up.addr, "", "");
+    p.write("routes/r.yaml", "- id: big\n  match:\n    path: /**\n  upstream: u\n  anonymous: true\n  cache:\n    ttl: 1h\n    max_entry: 256KiB\n");
+    let child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(p.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _guard = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("gateway ready", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        .await;
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    get(&format!("{base}/bytes?n=1000&i=warm")).await;
+    let before = rss();
+    // 3,200 answers of 100 KiB: 320 MiB through a 16 MiB cache (20 times the budget).
+    let mut at_half = 0;
+    for i in 0..3200 {
+        let (status, h, _) = get(&format!("{base}/bytes?n=102400&i={i}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h["interlock-cache"], "miss");
+        if i == 1599 {
+            at_half = rss();
+        }
+    }
+    let (_, _, stats) = get(&format!("http://127.0.0.1:{admin}/cache")).await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(stats["bytes"].as_u64().unwrap() <= 16 << 20, "{stats}");
+    let after = rss();
+    let grown = after.saturating_sub(before);
+    println!(
+        "RSS {} MiB -> {} MiB at 10x -> {} MiB at 20x (+{} MiB) with a 16 MiB budget; cache {stats}",
+        before >> 20,
+        at_half >> 20,
+        after >> 20,
+        grown >> 20
+    );
+    // A fixed overhead (allocator pools, connection buffers), not growing with traffic.
+    assert!(grown < (16 << 20) + (64 << 20), "grew by {} MiB", grown >> 20);
+    assert!(after.saturating_sub(at_half) < 8 << 20, "still growing: {} -> {} MiB", at_half >> 20, after >> 20);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
