@@ -49,7 +49,7 @@ pub async fn lookup(
     path: &str,
     caller: Option<&str>,
     credential_scope: &str,
-    variant: &str,
+    variant: &[u8],
     record: &mut RequestRecord,
     telemetry: &Telemetry,
 ) -> Lookup {
@@ -63,7 +63,7 @@ pub async fn lookup(
             query: req.uri().query(),
             caller,
             headers: req.headers(),
-            body: Some(variant.as_bytes()),
+            body: Some(variant),
         },
         policy,
     );

@@ -145,7 +145,9 @@ async fn forward(
     let host = request_host(&req, conn, &gw.server_names)?;
     record.facts.host = Some(host.clone());
     // 5. One normalised path for routing and forwarding.
-    let path = normalize::normalize(req.uri().path())?;
+    // (The URI is shared, not copied: the request itself stays free to be read.)
+    let uri = req.uri().clone();
+    let path = normalize::normalize(uri.path())?;
     record.set_path(&path);
     // 6. Who is calling (says who, never may). Invalid credentials are refused on every route.
     let id = &snap.config.identity;
@@ -247,13 +249,54 @@ async fn forward(
     // 10a. The response cache: after every decision about this caller (an answer stored for one
     //      caller never reaches another who may not call the route), before the vendor quota is
     //      drawn on (a hit spends none). Concurrent misses wait for one vendor call.
-    if let Some(policy) = route.cache.as_ref().filter(|p| p.methods.contains(req.method())) {
+    // A body-keyed lookup (POST) reads the body here: it is part of the key, then sent as read.
+    let mut body_read: Option<bytes::Bytes> = None;
+    let cache_policy = route.cache.as_ref().filter(|p| p.methods.contains(req.method()));
+    let cache_policy = match cache_policy {
+        Some(p) if body_keyed(p, req.method()) => {
+            match content_length(req.headers()) {
+                // Keyed only by a whole body of a declared, bounded length.
+                Some(len) if len <= p.body_key.unwrap_or(0) && len <= route.max_body => {
+                    let mut buf = bytes::BytesMut::with_capacity(len as usize);
+                    while let Some(frame) = http_body_util::BodyExt::frame(req.body_mut()).await {
+                        match frame {
+                            Ok(f) => {
+                                if let Ok(d) = f.into_data() {
+                                    buf.extend_from_slice(&d);
+                                }
+                            }
+                            Err(e) => {
+                                return Err(GatewayError::Upstream(UpstreamError {
+                                    upstream: upstream.id.clone(),
+                                    kind: crate::upstream::UpstreamErrorKind::RequestBody,
+                                    fault: crate::upstream::Fault::Downstream,
+                                    retryable: false,
+                                    source: Some(Box::new(e)),
+                                }))
+                            }
+                        }
+                        if buf.len() as u64 > len {
+                            return Err(GatewayError::BodyTooLarge { limit: len });
+                        }
+                    }
+                    body_read = Some(buf.freeze());
+                    Some(p)
+                }
+                _ => None,
+            }
+        }
+        other => other,
+    };
+    if let Some(policy) = cache_policy {
         let scope = credential.map(|c| format!("{}:{}", c.id, account_of(Some(c)))).unwrap_or_default();
-        // The answer differs when translation is asked for.
-        let variant = match &route.translate {
-            Some(t) if translate::wanted(t, req.headers().get(header::ACCEPT)) => "translated",
-            _ => "",
+        // The answer differs when translation is asked for, and with the body of a POST lookup.
+        let mut variant = match &route.translate {
+            Some(t) if translate::wanted(t, req.headers().get(header::ACCEPT)) => b"translated\n".to_vec(),
+            _ => b"raw\n".to_vec(),
         };
+        if let Some(b) = &body_read {
+            variant.extend_from_slice(&crate::cache::canonical_body(b));
+        }
         let caller_id = caller.as_ref().map(|c| c.id.to_string());
         match caching::lookup(
             snap,
@@ -263,7 +306,7 @@ async fn forward(
             &path,
             caller_id.as_deref(),
             &scope,
-            variant,
+            &variant,
             record,
             &conn.telemetry,
         )
@@ -333,7 +376,10 @@ async fn forward(
     let policy = route.retry.as_deref();
     let max_attempts = policy.map_or(1, |p| p.attempts);
     let may_resend = policy.is_some_and(|p| p.may_resend(&parts.method, &parts.headers));
-    let mut body = RequestBody::new(incoming, route.max_body);
+    let mut body = match body_read {
+        Some(b) => RequestBody::replay(b),
+        None => RequestBody::new(incoming, route.max_body),
+    };
     record.facts.bytes_in = Some(body.counter());
     let replay: Option<bytes::Bytes> = if upgrading {
         None
@@ -542,6 +588,11 @@ async fn forward(
         None => ResponseBody::Guarded(body, guard),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Whether `method` is answered from the cache by its body (POST lookups with `body_key`).
+fn body_keyed(p: &crate::cache::CachePolicy, method: &Method) -> bool {
+    p.body_key.is_some() && method == Method::POST
 }
 
 /// A retry is another vendor call: it draws on the vendor-account quota like the first (without

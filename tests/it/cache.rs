@@ -262,6 +262,34 @@ async fn negative_answers_and_stale_if_error() {
     assert!(body.contains("\"call\":3"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn post_lookups_are_keyed_by_their_canonical_body() {
+    let v = Vendor::start().await;
+    let gw = Running::start(policies(&v, "    ttl: 1m\n    shared: true\n    body_key: 64KiB\n")).await;
+    let post = |body: &'static str| {
+        let url = gw.url("/alerts/entities/alerts/v2");
+        async move {
+            let key = KEYS[0].1;
+            let req = Request::post(url)
+                .header("x-api-key", key)
+                .header("content-type", "application/json")
+                .body(crate::support::body(body))
+                .unwrap();
+            call(&h1_client(), req).await
+        }
+    };
+    let (s1, h1, b1) = post(r#"{"composite_ids": ["a", "b"]}"#).await;
+    let (s2, h2, b2) = post(r#"{ "composite_ids":["a","b"] }"#).await;
+    let (_, h3, _) = post(r#"{"composite_ids": ["b", "a"]}"#).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!((cache_header(&h1), cache_header(&h2), cache_header(&h3)), ("miss", "hit", "miss"));
+    assert_eq!(b1, b2);
+    assert_eq!(v.calls("/alerts/entities/alerts/v2").len(), 2, "same ids in another order is another lookup");
+    // GET still answers from the cache; other methods never do.
+    let (_, h, _) = as_caller(&gw, "tenant-a-soar", "/files/z", &[]).await;
+    assert_eq!(cache_header(&h), "miss");
+}
+
 /// Memory: answers worth ten times the budget go through the cache; the gateway's resident memory
 /// stays within the budget plus a fixed overhead. `cargo test --test it -- --ignored ten_times`
 #[tokio::test(flavor = "multi_thread")]
