@@ -42,6 +42,8 @@ pub struct CachePolicy {
     pub honour_client_no_cache: bool,
     /// Set when the route overrides the vendor's `Cache-Control` (`override: "<reason>"`).
     pub override_reason: Option<String>,
+    /// Also keep answers in Redis (`cluster.redis`) for every replica (`redis: true`; shared routes).
+    pub redis: bool,
 }
 
 impl Default for CachePolicy {
@@ -59,6 +61,7 @@ impl Default for CachePolicy {
             max_entry: 1 << 20,
             honour_client_no_cache: true,
             override_reason: None,
+            redis: false,
         }
     }
 }

@@ -56,6 +56,67 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// The entry as bytes for the shared tier: version, status, epoch ms when stored, lifetimes,
+    /// headers, body.
+    pub fn encode(&self) -> Vec<u8> {
+        let stored_epoch_ms = epoch_ms().saturating_sub(self.age(Instant::now()).as_millis() as u64);
+        let mut out = Vec::with_capacity(self.body.len() + 256);
+        out.push(1u8);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(&stored_epoch_ms.to_be_bytes());
+        out.extend_from_slice(&(self.fresh_for.as_millis() as u64).to_be_bytes());
+        out.extend_from_slice(&(self.stale_for.as_millis() as u64).to_be_bytes());
+        out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
+        for (k, v) in &self.headers {
+            out.extend_from_slice(&(k.as_str().len() as u32).to_be_bytes());
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// An entry read back from the shared tier; `None` when the bytes are not one.
+    pub fn decode(b: &[u8], route: Arc<str>, upstream: Arc<str>) -> Option<Entry> {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let s = b.get(at..at + n)?;
+            at += n;
+            Some(s)
+        };
+        if take(1)? != [1u8] {
+            return None;
+        }
+        let u16_ = |s: &[u8]| u16::from_be_bytes([s[0], s[1]]);
+        let u32_ = |s: &[u8]| u32::from_be_bytes(s.try_into().unwrap_or([0; 4]));
+        let u64_ = |s: &[u8]| u64::from_be_bytes(s.try_into().unwrap_or([0; 8]));
+        let status = StatusCode::from_u16(u16_(take(2)?)).ok()?;
+        let stored_epoch_ms = u64_(take(8)?);
+        let fresh_for = Duration::from_millis(u64_(take(8)?));
+        let stale_for = Duration::from_millis(u64_(take(8)?));
+        let n = u32_(take(4)?) as usize;
+        let mut headers = HeaderMap::with_capacity(n.min(256));
+        for _ in 0..n {
+            let kl = u32_(take(4)?) as usize;
+            let k = http::HeaderName::from_bytes(take(kl)?).ok()?;
+            let vl = u32_(take(4)?) as usize;
+            let v = http::HeaderValue::from_bytes(take(vl)?).ok()?;
+            headers.append(k, v);
+        }
+        let body = Bytes::copy_from_slice(b.get(at..)?);
+        let age = Duration::from_millis(epoch_ms().saturating_sub(stored_epoch_ms));
+        let now = Instant::now();
+        let stored = now.checked_sub(age).unwrap_or(now);
+        Some(Entry { route, upstream, status, headers, body, stored, fresh_for, stale_for })
+    }
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 struct Lifetime;
 
 // moka's expiry hook speaks std's Instant; the gateway's own clock (tokio's) is used everywhere else.
@@ -232,6 +293,24 @@ mod tests {
         }
         // The flight is over: the next caller leads a new one.
         assert!(matches!(s.join("k"), Join::Leader(_)));
+    }
+
+    #[test]
+    fn entries_survive_the_shared_tier_encoding() {
+        let mut e = Arc::try_unwrap(entry(b"{\"a\":1}", 60)).unwrap();
+        e.status = StatusCode::NOT_FOUND;
+        e.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        e.headers.append("x-multi", http::HeaderValue::from_static("1"));
+        e.headers.append("x-multi", http::HeaderValue::from_static("2"));
+        let d = Entry::decode(&e.encode(), Arc::from("r"), Arc::from("u")).unwrap();
+        assert_eq!(
+            (d.status, &d.body[..], d.fresh_for, d.stale_for),
+            (e.status, &e.body[..], e.fresh_for, e.stale_for)
+        );
+        assert_eq!(d.headers, e.headers);
+        assert!(d.fresh(Instant::now()));
+        assert!(Entry::decode(b"\x02junk", Arc::from("r"), Arc::from("u")).is_none());
+        assert!(Entry::decode(&e.encode()[..10], Arc::from("r"), Arc::from("u")).is_none());
     }
 
     #[tokio::test]

@@ -183,6 +183,16 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         }
     }
     check_overlaps(&routes, &mut errors);
+    if gateway.as_ref().is_some_and(|g| g.cluster_redis.is_none()) {
+        for r in routes.iter().filter(|r| r.cache.as_ref().is_some_and(|c| c.redis)) {
+            errors.push(ConfigError::at(
+                &r.origin.file,
+                Some(r.origin.line),
+                &format!("{}.cache.redis", r.id),
+                "needs `cluster.redis` in gateway.yaml".to_owned(),
+            ));
+        }
+    }
 
     let Some(gateway) = gateway else { return Err(errors) };
     if !errors.is_empty() {
@@ -1979,11 +1989,21 @@ fn compile_cache(c: &super::raw::RawRouteCache, key: &str, e: &mut Errs<'_>) -> 
         }
         r.value.clone()
     });
+    let shared = c.shared.unwrap_or(false);
+    let redis = c.redis.as_ref().is_some_and(|r| r.value);
+    if redis && !shared {
+        e.push_line(
+            c.redis.as_ref().map(|r| r.line),
+            &k("redis"),
+            "the Redis tier holds answers shared between callers: set `shared: true` (per-caller answers stay in memory)",
+        );
+    }
     CachePolicy {
+        redis,
         ttl,
         max_ttl,
         negative_ttl,
-        shared: c.shared.unwrap_or(false),
+        shared,
         methods,
         statuses,
         vary,

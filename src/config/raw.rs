@@ -765,6 +765,8 @@ pub struct RawRouteCache {
     /// Store regardless of the vendor's `Cache-Control`, with the reason why (`Set-Cookie` still prevents it).
     #[serde(rename = "override")]
     pub override_reason: Option<Sp<String>>,
+    /// Also keep answers in Redis (`cluster.redis`), for every replica; `shared` routes only.
+    pub redis: Option<Sp<bool>>,
 }
 
 /// A route's `translate`.

@@ -105,6 +105,19 @@ pub async fn lookup(
         }
         match snap.cache.join(&key) {
             Join::Leader(flight) => {
+                // The shared tier: another replica may hold the answer.
+                if policy.redis {
+                    if let Some(e) = from_redis(snap, &key, route).await {
+                        if e.fresh(Instant::now()) {
+                            snap.cache.insert(key.clone(), e.clone()).await;
+                            flight.finish(Shared::Entry(e.clone()));
+                            record.facts.cache = Some("hit");
+                            count("hit", true);
+                            return Lookup::Answer(Ok(answer(&e, "hit")));
+                        }
+                        stale = Some(e);
+                    }
+                }
                 record.facts.cache = Some("miss");
                 count("miss", false);
                 return Lookup::Fetch(Caching {
@@ -149,6 +162,21 @@ pub async fn lookup(
                 // The leading request went away before an answer: try again (perhaps leading).
                 None => continue,
             },
+        }
+    }
+}
+
+/// The entry for `key` in Redis (`cluster.redis`), if any; an unreachable Redis is a miss.
+async fn from_redis(snap: &Snapshot, key: &str, route: &crate::config::Route) -> Option<Arc<Entry>> {
+    let shared = snap.limiter.shared_store().filter(|s| s.up())?;
+    match shared.cache_get(key).await {
+        Ok(Some(bytes)) => {
+            Entry::decode(&bytes, route.id_shared.clone(), Arc::from(route_upstream(snap, route))).map(Arc::new)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            shared.mark_down(&e);
+            None
         }
     }
 }
@@ -245,6 +273,17 @@ pub async fn finish(
         fresh_for: lifetime,
         stale_for: policy.stale_if_error,
     });
+    if policy.redis {
+        if let Some(shared) = snap.limiter.shared_store().filter(|s| s.up()) {
+            // Written behind the answer: the caller does not wait for Redis.
+            let (k, bytes, ttl) = (key.clone(), entry.encode(), entry.fresh_for + entry.stale_for);
+            tokio::spawn(async move {
+                if let Err(e) = shared.cache_set(&k, &bytes, ttl).await {
+                    shared.mark_down(&e);
+                }
+            });
+        }
+    }
     snap.cache.insert(key, entry.clone()).await;
     publish(flight, Shared::Entry(entry));
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -328,6 +328,11 @@ impl Limiter {
         }
     }
 
+    /// The shared store (`cluster.redis`), when configured.
+    pub fn shared_store(&self) -> Option<Arc<shared::Shared>> {
+        self.shared.load_full()
+    }
+
     /// Uses (or stops using) a shared store. A store with unchanged settings is kept, so its
     /// connection survives reloads.
     pub fn set_shared(&self, settings: Option<&shared::Settings>) {

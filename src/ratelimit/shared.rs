@@ -221,6 +221,25 @@ impl Shared {
     }
 }
 
+impl Shared {
+    fn cache_key(&self, key: &str) -> String {
+        format!("{}:cache:{key}", self.settings.key_prefix)
+    }
+
+    /// A cached answer stored by any replica (the response cache's second tier).
+    pub async fn cache_get(&self, key: &str) -> Result<Option<Vec<u8>>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GET").arg(self.cache_key(key)).query_async(&mut conn).await
+    }
+
+    /// Stores a cached answer for every replica, for `ttl`.
+    pub async fn cache_set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let ms = ttl.as_millis().max(1) as u64;
+        redis::cmd("SET").arg(self.cache_key(key)).arg(value).arg("PX").arg(ms).query_async(&mut conn).await
+    }
+}
+
 fn micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }

@@ -290,6 +290,58 @@ async fn post_lookups_are_keyed_by_their_canonical_body() {
     assert_eq!(cache_header(&h), "miss");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_answers_through_redis() {
+    if std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_millis(300)).is_err() {
+        eprintln!("SKIPPED replicas_share_answers_through_redis: no Redis on 127.0.0.1:6379 (.ci/run starts one)");
+        return;
+    }
+    let v = Vendor::start().await;
+    let prefix = format!("itcache{}", fastrand::u64(..));
+    let replica = || {
+        let p = policies(&v, "    ttl: 1m\n    shared: true\n    redis: true\n");
+        p.write(
+            "gateway.yaml",
+            &format!("listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nlog:\n  level: warn\ncluster:\n  redis:\n    url: redis://127.0.0.1:6379/0\n    key_prefix: {prefix}\n    timeout: 2s\n"),
+        );
+        Running::start(p)
+    };
+    let (a, b) = (replica().await, replica().await);
+    let (status, h, body_a) = as_caller(&a, "tenant-a-soar", "/files/shared", &[]).await;
+    assert_eq!((status, cache_header(&h)), (StatusCode::OK, "miss"));
+    // The write to Redis follows the answer.
+    let mut body_b = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (status, h, body) = as_caller(&b, "tenant-a-siem", "/files/shared", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        if cache_header(&h) == "hit" {
+            body_b = body;
+            break;
+        }
+    }
+    assert_eq!(body_b, body_a, "the other replica answered from Redis");
+    // Not across credential scopes, even through Redis.
+    let (_, h, body) = as_caller(&b, "tenant-b-soar", "/files/shared", &[]).await;
+    assert_eq!(cache_header(&h), "miss");
+    assert!(body.contains("vendor-key-b"));
+}
+
+#[test]
+fn the_redis_tier_needs_cluster_redis_and_shared_answers() {
+    let p = Policies::new("");
+    p.write(
+        "routes/r.yaml",
+        "- id: a\n  match:\n    path: /a\n  upstream: u\n  anonymous: true\n  cache:\n    redis: true\n",
+    );
+    p.write("upstreams/u.yaml", "id: u\nendpoints: [\"http://127.0.0.1:9\"]\n");
+    let out = std::process::Command::new(bin()).arg("check").arg(p.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("a.cache.redis") && text.contains("shared: true"), "{text}");
+    assert!(text.contains("needs `cluster.redis`"), "{text}");
+}
+
 /// Memory: answers worth ten times the budget go through the cache; the gateway's resident memory
 /// stays within the budget plus a fixed overhead. `cargo test --test it -- --ignored ten_times`
 #[tokio::test(flavor = "multi_thread")]
