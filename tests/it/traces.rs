@@ -186,3 +186,42 @@ async fn a_retried_call_shows_one_client_span_per_attempt() {
     }
     assert_eq!(clients.iter().filter(|c| attr(c, "http.request.resend_count").as_deref() == Some("1")).count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn translation_and_cache_show_on_the_request_span_and_as_a_translate_span() {
+    let (collector, spans) = receiver().await;
+    let page = crate::translate::fixture("samples/crowdstrike/alerts-v2.json");
+    let v = crate::translate::vendor(std::collections::HashMap::from([("/alerts", page)])).await;
+    let p = Policies::new(&format!(
+        "telemetry:\n  tracing:\n    endpoint: http://{collector}/v1/traces\n    sampling: 1.0\n    timeout: 2s\n"
+    ));
+    crate::translate::copy_dir(std::path::Path::new(crate::translate::MAPPINGS), &p.path().join("mappings"));
+    p.upstream("v", v.addr, "", "");
+    p.write(
+        "routes/r.yaml",
+        "- id: cs\n  match:\n    path: /alerts\n  upstream: v\n  anonymous: true\n  translate:\n    mapping: crowdstrike-alerts-ocsf\n  cache:\n    ttl: 1m\n",
+    );
+    let gw = Running::start(p).await;
+    for _ in 0..2 {
+        let req = Request::get(gw.url("/alerts")).header("accept", "application/ocsf+json").body(empty()).unwrap();
+        let (s, h, _) = call(&h1_client(), req).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(h["content-type"], "application/ocsf+json");
+    }
+    assert_eq!(v.hits.load(std::sync::atomic::Ordering::SeqCst), 1, "the second answer came from the cache");
+    assert!(gw.shutdown().await);
+    let spans = spans.lock().unwrap().clone();
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind == 2).collect();
+    assert_eq!(servers.len(), 2, "{spans:#?}");
+    let first = servers.iter().find(|s| attr(s, "interlock.cache").as_deref() == Some("miss")).expect("a miss");
+    let second = servers.iter().find(|s| attr(s, "interlock.cache").as_deref() == Some("hit")).expect("a hit");
+    assert_eq!(attr(first, "interlock.mapping").as_deref(), Some("crowdstrike-alerts-ocsf"));
+    assert_eq!(attr(first, "interlock.translation").as_deref(), Some("translated"));
+    let translate = spans.iter().find(|s| s.name == "translate").expect("a translate span");
+    assert_eq!(translate.trace_id, first.trace_id);
+    assert_eq!(translate.parent_span_id, first.span_id);
+    assert_eq!(attr(translate, "interlock.translation.records").as_deref(), Some("4"));
+    assert_eq!(attr(translate, "interlock.translation.result").as_deref(), Some("translated"));
+    // The hit made no client span and no translation.
+    assert!(!spans.iter().any(|s| s.trace_id == second.trace_id && s.span_id != second.span_id), "{spans:#?}");
+}

@@ -16,19 +16,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::support::*;
 
-const MAPPINGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/mappings");
+pub(crate) const MAPPINGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/mappings");
 
-fn fixture(rel: &str) -> Bytes {
+pub(crate) fn fixture(rel: &str) -> Bytes {
     Bytes::from(std::fs::read(Path::new(MAPPINGS).join(rel)).unwrap())
 }
 
 /// A vendor answering fixed JSON bodies by path, counting requests.
-struct Vendor {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+pub(crate) struct Vendor {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hits: Arc<AtomicUsize>,
 }
 
-async fn vendor(bodies: HashMap<&'static str, Bytes>) -> Vendor {
+pub(crate) async fn vendor(bodies: HashMap<&'static str, Bytes>) -> Vendor {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -70,7 +70,7 @@ fn policies(v: SocketAddr, routes: &str) -> Policies {
     p
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let target = to.join(e.file_name());
