@@ -251,7 +251,10 @@ async fn forward(
     //      drawn on (a hit spends none). Concurrent misses wait for one vendor call.
     // A body-keyed lookup (POST) reads the body here: it is part of the key, then sent as read.
     let mut body_read: Option<bytes::Bytes> = None;
-    let cache_policy = route.cache.as_ref().filter(|p| p.methods.contains(req.method()));
+    let cache_policy = route
+        .cache
+        .as_ref()
+        .filter(|p| p.methods.contains(req.method()) && !req.headers().contains_key(header::UPGRADE));
     let cache_policy = match cache_policy {
         Some(p) if body_keyed(p, req.method()) => {
             match content_length(req.headers()) {
