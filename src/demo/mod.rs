@@ -359,6 +359,10 @@ pub fn curl_commands(gateway: SocketAddr, admin: SocketAddr) -> Vec<(String, Str
             "The file report as a STIX 2.1 bundle:".into(),
             format!("curl -s {k} -H 'accept: application/stix+json;version=2.1' {g}/intel/files/{BAD_HASH}"),
         ),
+        (
+            "The same lookup again: answered from the gateway's cache, no vendor call (see interlock-cache and age):".into(),
+            format!("curl -s -o /dev/null -D - {k} {g}/intel/files/{BAD_HASH}"),
+        ),
         ("An unknown hash: the vendor's own 404 passes through:".into(), format!("curl -s {k} {g}/intel/files/0000000000000000000000000000dead")),
         ("A path no route serves: a problem+json answer from the gateway:".into(), format!("curl -si {k} {g}/nope")),
         ("A path trick the gateway refuses before routing:".into(), format!("curl -si {k} --path-as-is '{g}/intel/files/..%2f..%2fadmin'")),

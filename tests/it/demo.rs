@@ -65,6 +65,8 @@ fn demo_starts_and_its_printed_commands_succeed() {
     let stix: serde_json::Value = serde_json::from_str(&outputs[find("application/stix+json")]).unwrap();
     assert_eq!(stix["type"], "bundle", "{stix}");
     assert!(stix["objects"].as_array().unwrap().iter().any(|o| o["type"] == "indicator"), "{stix}");
+    let again = &outputs[find("-D -")];
+    assert!(again.to_ascii_lowercase().contains("interlock-cache: hit"), "{again}");
     let anon = &outputs[commands.iter().position(|c| !c.contains("x-api-key") && c.contains("/intel/files/")).unwrap()];
     assert!(anon.contains("401") && anon.contains("unauthenticated") && anon.contains("www-authenticate"), "{anon}");
     let nope = &outputs[find("/nope")];
