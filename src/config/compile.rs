@@ -215,7 +215,6 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     })
 }
 
-/// Unknown entries in the directory are errors: a misspelt `gatway.yaml` must not be ignored.
 /// Compiles the mapping files of a `mappings/` directory (the translation CLI uses it alone).
 pub fn load_mappings(dir: &Path) -> Result<Vec<std::sync::Arc<crate::translate::Mapping>>, Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -257,6 +256,7 @@ fn compile_mappings(dir: &Path, errors: &mut Vec<ConfigError>) -> Vec<std::sync:
     mappings
 }
 
+/// Unknown entries in the directory are errors: a misspelt `gatway.yaml` must not be ignored.
 fn check_layout(dir: &Path, errors: &mut Vec<ConfigError>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {

@@ -46,6 +46,7 @@ pub async fn lookup(
     policy: &Arc<CachePolicy>,
     req: &Request<Incoming>,
     route: &crate::config::Route,
+    upstream: &crate::config::Upstream,
     path: &str,
     caller: Option<&str>,
     credential_scope: &str,
@@ -56,7 +57,7 @@ pub async fn lookup(
     let key = crate::cache::key(
         &crate::cache::KeyParts {
             route: &route.id,
-            upstream: route_upstream(snap, route),
+            upstream: &upstream.id,
             credential_scope,
             method: req.method(),
             path,
@@ -67,38 +68,36 @@ pub async fn lookup(
         },
         policy,
     );
-    let count = |result: &'static str, saved: bool| {
-        telemetry
-            .metrics
-            .cache_lookups
-            .get_or_create(&CacheLabels { route: Label(route.id_shared.clone()), result })
-            .inc();
-        if saved {
-            telemetry
-                .metrics
-                .cache_quota_saved
-                .get_or_create(&UpstreamOnly { upstream: Label(Arc::from(route_upstream(snap, route))) })
-                .inc();
+    // Every outcome is recorded (span, audit) and counted; all but a miss or bypass spared a
+    // vendor call.
+    let mut note = |how: &'static str| {
+        record.facts.cache = Some(how);
+        let labels = CacheLabels { route: Label(route.id_shared.clone()), result: how };
+        telemetry.metrics.cache_lookups.get_or_create(&labels).inc();
+        if how != "miss" && how != "bypass" {
+            let labels = UpstreamOnly { upstream: Label(upstream.id_shared.clone()) };
+            telemetry.metrics.cache_quota_saved.get_or_create(&labels).inc();
         }
     };
-    if policy.honour_client_no_cache && crate::cache::client_bypass(req.headers()) {
-        record.facts.cache = Some("bypass");
-        count("bypass", false);
-        return Lookup::Fetch(Caching {
+    let fetch = |key: String, flight: Option<Flight>, stale: Option<Arc<Entry>>| {
+        Lookup::Fetch(Caching {
             route: route.id_shared.clone(),
-            upstream: Arc::from(route_upstream(snap, route)),
+            upstream: upstream.id_shared.clone(),
             policy: policy.clone(),
             key,
-            flight: None,
-            stale: None,
-        });
+            flight,
+            stale,
+        })
+    };
+    if policy.honour_client_no_cache && crate::cache::client_bypass(req.headers()) {
+        note("bypass");
+        return fetch(key, None, None);
     }
     let mut stale = None;
     loop {
         if let Some(e) = snap.cache.get(&key).await {
             if e.fresh(Instant::now()) {
-                record.facts.cache = Some("hit");
-                count("hit", true);
+                note("hit");
                 return Lookup::Answer(Ok(answer(&e, "hit")));
             }
             stale = Some(e);
@@ -107,57 +106,37 @@ pub async fn lookup(
             Join::Leader(flight) => {
                 // The shared tier: another replica may hold the answer.
                 if policy.redis {
-                    if let Some(e) = from_redis(snap, &key, route).await {
+                    if let Some(e) = from_redis(snap, &key, route, upstream).await {
                         if e.fresh(Instant::now()) {
-                            snap.cache.insert(key.clone(), e.clone()).await;
+                            snap.cache.insert(key, e.clone()).await;
                             flight.finish(Shared::Entry(e.clone()));
-                            record.facts.cache = Some("hit");
-                            count("hit", true);
+                            note("hit");
                             return Lookup::Answer(Ok(answer(&e, "hit")));
                         }
                         stale = Some(e);
                     }
                 }
-                record.facts.cache = Some("miss");
-                count("miss", false);
-                return Lookup::Fetch(Caching {
-                    route: route.id_shared.clone(),
-                    upstream: Arc::from(route_upstream(snap, route)),
-                    policy: policy.clone(),
-                    key,
-                    flight: Some(flight),
-                    stale,
-                });
+                note("miss");
+                return fetch(key, Some(flight), stale);
             }
             Join::Follower(rx) => match wait(rx).await {
                 Some(Shared::Entry(e)) => {
                     let how = if e.fresh(Instant::now()) { "coalesced" } else { "stale" };
-                    record.facts.cache = Some(how);
-                    count(how, true);
+                    note(how);
                     return Lookup::Answer(Ok(answer(&e, how)));
                 }
                 Some(Shared::Failed(err)) => {
                     if let Some(s) = stale.filter(|s| s.usable_stale(Instant::now())) {
-                        record.facts.cache = Some("stale");
-                        count("stale", true);
+                        note("stale");
                         return Lookup::Answer(Ok(answer(&s, "stale")));
                     }
-                    record.facts.cache = Some("coalesced");
-                    count("coalesced", true);
+                    note("coalesced");
                     return Lookup::Answer(Err(GatewayError::Shared(err)));
                 }
                 // The answer could not be shared: call the vendor for this request alone.
                 Some(Shared::Pass) => {
-                    record.facts.cache = Some("miss");
-                    count("miss", false);
-                    return Lookup::Fetch(Caching {
-                        route: route.id_shared.clone(),
-                        upstream: Arc::from(route_upstream(snap, route)),
-                        policy: policy.clone(),
-                        key,
-                        flight: None,
-                        stale,
-                    });
+                    note("miss");
+                    return fetch(key, None, stale);
                 }
                 // The leading request went away before an answer: try again (perhaps leading).
                 None => continue,
@@ -167,22 +146,21 @@ pub async fn lookup(
 }
 
 /// The entry for `key` in Redis (`cluster.redis`), if any; an unreachable Redis is a miss.
-async fn from_redis(snap: &Snapshot, key: &str, route: &crate::config::Route) -> Option<Arc<Entry>> {
+async fn from_redis(
+    snap: &Snapshot,
+    key: &str,
+    route: &crate::config::Route,
+    upstream: &crate::config::Upstream,
+) -> Option<Arc<Entry>> {
     let shared = snap.limiter.shared_store().filter(|s| s.up())?;
     match shared.cache_get(key).await {
-        Ok(Some(bytes)) => {
-            Entry::decode(&bytes, route.id_shared.clone(), Arc::from(route_upstream(snap, route))).map(Arc::new)
-        }
+        Ok(Some(bytes)) => Entry::decode(&bytes, route.id_shared.clone(), upstream.id_shared.clone()).map(Arc::new),
         Ok(None) => None,
         Err(e) => {
             shared.mark_down(&e);
             None
         }
     }
-}
-
-fn route_upstream<'a>(snap: &'a Snapshot, route: &crate::config::Route) -> &'a str {
-    snap.config.upstreams.get(route.upstream).map_or("", |u| u.id.as_str())
 }
 
 /// A response from a stored entry, with `Age` and `Interlock-Cache`.

@@ -300,14 +300,14 @@ async fn forward(
         if let Some(b) = &body_read {
             variant.extend_from_slice(&crate::cache::canonical_body(b));
         }
-        let caller_id = caller.as_ref().map(|c| c.id.to_string());
         match caching::lookup(
             snap,
             policy,
             &req,
             route,
+            upstream,
             &path,
-            caller_id.as_deref(),
+            caller.as_ref().map(|c| &*c.id),
             &scope,
             &variant,
             record,
