@@ -256,42 +256,19 @@ async fn forward(
         .as_ref()
         .filter(|p| p.methods.contains(req.method()) && !req.headers().contains_key(header::UPGRADE));
     let cache_policy = match cache_policy {
-        Some(p) if body_keyed(p, req.method()) => {
-            match content_length(req.headers()) {
-                // Keyed only by a whole body of a declared, bounded length.
-                Some(len) if len <= p.body_key.unwrap_or(0) && len <= route.max_body => {
-                    let mut buf = bytes::BytesMut::with_capacity(len as usize);
-                    while let Some(frame) = http_body_util::BodyExt::frame(req.body_mut()).await {
-                        match frame {
-                            Ok(f) => {
-                                if let Ok(d) = f.into_data() {
-                                    buf.extend_from_slice(&d);
-                                }
-                            }
-                            Err(e) => {
-                                return Err(GatewayError::Upstream(UpstreamError {
-                                    upstream: upstream.id.clone(),
-                                    kind: crate::upstream::UpstreamErrorKind::RequestBody,
-                                    fault: crate::upstream::Fault::Downstream,
-                                    retryable: false,
-                                    source: Some(Box::new(e)),
-                                }))
-                            }
-                        }
-                        if buf.len() as u64 > len {
-                            return Err(GatewayError::BodyTooLarge { limit: len });
-                        }
-                    }
-                    body_read = Some(buf.freeze());
-                    Some(p)
-                }
-                _ => None,
+        Some(p) if body_keyed(p, req.method()) => match content_length(req.headers()) {
+            // Keyed only by a whole body of a declared, bounded length.
+            Some(len) if len <= p.body_key.unwrap_or(0) && len <= route.max_body => {
+                body_read = Some(read_body(&mut req, len, &upstream.id).await?);
+                Some(p)
             }
-        }
+            _ => None,
+        },
         other => other,
     };
     if let Some(policy) = cache_policy {
-        let scope = credential.map(|c| format!("{}:{}", c.id, account_of(Some(c)))).unwrap_or_default();
+        // The credential scope: its id names the vendor account (never its value).
+        let scope = credential.map_or("", |c| c.id.as_str());
         // The answer differs when translation is asked for, and with the body of a POST lookup.
         let mut variant = match &route.translate {
             Some(t) if translate::wanted(t, req.headers().get(header::ACCEPT)) => b"translated\n".to_vec(),
@@ -308,7 +285,7 @@ async fn forward(
             upstream,
             &path,
             caller.as_ref().map(|c| &*c.id),
-            &scope,
+            scope,
             &variant,
             record,
             &conn.telemetry,
@@ -591,6 +568,23 @@ async fn forward(
         None => ResponseBody::Guarded(body, guard),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Reads a request body of declared length `len` whole (a body-keyed cache lookup).
+async fn read_body(req: &mut Request<Incoming>, len: u64, upstream: &str) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::BodyExt as _;
+    let limit = usize::try_from(len).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(req.body_mut(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BodyTooLarge { limit: len }),
+        Err(e) => Err(GatewayError::Upstream(UpstreamError {
+            upstream: upstream.to_owned(),
+            kind: crate::upstream::UpstreamErrorKind::RequestBody,
+            fault: crate::upstream::Fault::Downstream,
+            retryable: false,
+            source: Some(e),
+        })),
+    }
 }
 
 /// Whether `method` is answered from the cache by its body (POST lookups with `body_key`).

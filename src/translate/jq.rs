@@ -363,7 +363,7 @@ fn children<'t, 's>(t: &'t mut Term<&'s str>, f: &mut impl FnMut(&'t mut Term<&'
 
 /// The JSON text of every literal list and object of a program (outermost ones), and of the
 /// key lists of object constructions with literal keys.
-fn collect_constants(t: &Term<&str>, out: &mut BTreeSet<String>) {
+fn collect_constants(t: &mut Term<&str>, out: &mut BTreeSet<String>) {
     if let Some(v) = constant(t) {
         out.insert(v.to_string());
         return;
@@ -373,8 +373,8 @@ fn collect_constants(t: &Term<&str>, out: &mut BTreeSet<String>) {
             out.extend(key_groups(&keys));
         }
     }
-    let mut t = t.clone();
-    children(&mut t, &mut |c| collect_constants(c, out));
+    // (`children` hands out mutable sub-terms; nothing is changed here.)
+    children(t, &mut |c| collect_constants(c, out));
 }
 
 /// Replaces literal lists and objects by `__const("<json>")`: built once, shared by every run
@@ -529,8 +529,8 @@ impl Program {
         let mut constants = BTreeSet::new();
         let (base, main, own): (&str, &str, Vec<Def<&str>>) = match jaq_core::load::parse(&wrapped, |p| p.defs()) {
             Some(mut own) => {
-                for d in &own {
-                    collect_constants(&d.body, &mut constants);
+                for d in &mut own {
+                    collect_constants(&mut d.body, &mut constants);
                 }
                 for d in &mut own {
                     fold_constants(&mut d.body, &constants);
