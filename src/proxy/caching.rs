@@ -187,31 +187,32 @@ pub async fn finish(
             f.finish(outcome);
         }
     };
-    let res = match outcome {
-        Ok(res) => res,
-        Err(e) if e.is_upstream_failure() => {
-            if let Some(s) = stale.filter(|s| s.usable_stale(Instant::now())) {
-                record.facts.cache = Some("stale");
-                publish(flight, Shared::Entry(s.clone()));
-                return Ok(answer(&s, "stale"));
-            }
-            let shared = Arc::new(e);
-            publish(flight, Shared::Failed(shared.clone()));
-            return Err(GatewayError::Shared(shared));
-        }
-        Err(e) => {
-            publish(flight, Shared::Pass);
-            return Err(e);
-        }
+    // A vendor in trouble (no answer, or a 5xx): an expired answer within `stale_if_error` stands in.
+    let vendor_failed = match &outcome {
+        Ok(res) => res.status().is_server_error(),
+        Err(e) => e.is_upstream_failure(),
     };
-    // A vendor in trouble (5xx): an expired answer still within `stale_if_error` stands in.
-    if res.status().is_server_error() {
+    if vendor_failed {
         if let Some(s) = stale.filter(|s| s.usable_stale(Instant::now())) {
             record.facts.cache = Some("stale");
             publish(flight, Shared::Entry(s.clone()));
             return Ok(answer(&s, "stale"));
         }
     }
+    let res = match outcome {
+        Ok(res) => res,
+        // Every waiter gets the same failure; nothing is stored.
+        Err(e) if vendor_failed => {
+            let shared = Arc::new(e);
+            publish(flight, Shared::Failed(shared.clone()));
+            return Err(GatewayError::Shared(shared));
+        }
+        // A refusal of this caller (its rate limit...): the waiters ask for themselves.
+        Err(e) => {
+            publish(flight, Shared::Pass);
+            return Err(e);
+        }
+    };
     let how = if record.facts.cache == Some("bypass") { "bypass" } else { "miss" };
     let lifetime = match crate::cache::storable(&policy, res.status(), res.headers()) {
         Ok(l) => l,

@@ -90,14 +90,7 @@ impl Vendor {
 
 fn policies(v: &Vendor, route_cache: &str) -> Policies {
     let p = Policies::new("");
-    let mut callers = String::from("callers:\n");
-    for (id, key) in KEYS {
-        let hash: String = interlock::identity::apikey::digest(key).iter().map(|b| format!("{b:02x}")).collect();
-        callers.push_str(&format!(
-            "  - id: {id}\n    groups: [tools]\n    api_keys:\n      - id: {id}-k\n        hash: sha256:{hash}\n"
-        ));
-    }
-    p.write("callers.yaml", &callers);
+    p.callers_with_keys(&KEYS, "tools");
     p.write("a.key", "vendor-key-a");
     p.write("b.key", "vendor-key-b");
     p.upstream(

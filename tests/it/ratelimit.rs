@@ -23,14 +23,7 @@ const KEYS: [(&str, &str); 3] = [
 ];
 
 fn callers(p: &Policies) {
-    let mut callers = String::from("callers:\n");
-    for (id, key) in KEYS {
-        let hash: String = interlock::identity::apikey::digest(key).iter().map(|b| format!("{b:02x}")).collect();
-        callers.push_str(&format!(
-            "  - id: {id}\n    groups: [tools]\n    api_keys:\n      - id: {id}-k\n        hash: sha256:{hash}\n"
-        ));
-    }
-    p.write("callers.yaml", &callers);
+    p.callers_with_keys(&KEYS, "tools");
 }
 
 async fn as_caller(base: &str, who: &str, path: &str) -> (StatusCode, http::HeaderMap, String) {

@@ -186,6 +186,18 @@ impl Policies {
         std::fs::write(p, text).unwrap();
     }
 
+    /// `callers.yaml` with one caller per `(id, api key)`, each in `group`, keys stored as hashes.
+    pub fn callers_with_keys(&self, keys: &[(&str, &str)], group: &str) {
+        let mut callers = String::from("callers:\n");
+        for (id, key) in keys {
+            let hash: String = interlock::identity::apikey::digest(key).iter().map(|b| format!("{b:02x}")).collect();
+            callers.push_str(&format!(
+                "  - id: {id}\n    groups: [{group}]\n    api_keys:\n      - id: {id}-k\n        hash: sha256:{hash}\n"
+            ));
+        }
+        self.write("callers.yaml", &callers);
+    }
+
     /// An upstream file `upstreams/<id>.yaml` pointing at `addr` with `base` path and extra keys.
     pub fn upstream(&self, id: &str, addr: SocketAddr, base: &str, extra: &str) {
         self.write(
