@@ -122,7 +122,7 @@ pub fn key(p: &KeyParts<'_>, policy: &CachePolicy) -> String {
 /// `{"ids": [1], "x": 2}` and `{"x":2,"ids":[1]}` are one lookup. Not JSON: the bytes as they are.
 pub fn canonical_body(body: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<serde_json::Value>(body) {
-        // serde_json's map is ordered by key (no `preserve_order`), so printing sorts.
+        // Keys sorted explicitly: correct whether or not serde_json's `preserve_order` is on.
         Ok(v) => serde_json::to_vec(&sorted(v)).unwrap_or_else(|_| body.to_vec()),
         Err(_) => body.to_vec(),
     }
