@@ -20,6 +20,8 @@ use serde_json::Value;
 /// A compiled jq program.
 pub struct Program {
     filter: jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>,
+    /// The same program on the fast path, when it is written in the part of jq that covers.
+    fast: Result<super::fast::Fast, String>,
 }
 
 impl std::fmt::Debug for Program {
@@ -587,11 +589,18 @@ impl Program {
         if !unsafe_parts.is_empty() {
             return Err(unsafe_parts);
         }
-        Ok(Program { filter })
+        let fast = if jq_only { Err("the prelude in jq".to_owned()) } else { fast_path(&wrapped) };
+        Ok(Program { filter, fast })
     }
 
-    /// Runs the program on `input`; every output, or the first error.
-    pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
+    /// Why runs do not take the fast path (what the program uses that it does not cover);
+    /// `None` when they do (when the record allows).
+    pub fn not_fast(&self) -> Option<&str> {
+        self.fast.as_ref().err().map(String::as_str)
+    }
+
+    /// Runs the program on jaq alone.
+    pub fn run_jaq(&self, input: &Value) -> Result<Vec<Value>, String> {
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut out = Vec::new();
         for r in self.filter.id.run((ctx, to_val(input))).map(unwrap_valr) {
@@ -603,6 +612,30 @@ impl Program {
         }
         Ok(out)
     }
+
+    /// Runs the program on the fast path alone: `None` when jaq must answer.
+    pub fn run_fast(&self, input: &Value) -> Option<Vec<Value>> {
+        self.fast.as_ref().ok()?.run(input)
+    }
+
+    /// Runs the program on `input`; every output, or the first error. The fast path answers when
+    /// it can; otherwise (and for every error, so its message is jaq's) jaq does.
+    pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
+        match self.run_fast(input) {
+            Some(out) => Ok(out),
+            None => self.run_jaq(input),
+        }
+    }
+}
+
+/// The fast-path compilation of a wrapped program, with the prelude's jq definitions before it
+/// (`Err` names what is outside the fast path).
+fn fast_path(wrapped: &str) -> Result<super::fast::Fast, String> {
+    let own = jaq_core::load::parse(wrapped, |p| p.defs()).ok_or("does not parse")?;
+    // Shortens the prelude's `'static` to the program's lifetime.
+    #[allow(clippy::map_identity)]
+    let defs: Vec<Def<&str>> = prelude(false).map(|d| -> Def<&str> { d }).chain(own).collect();
+    super::fast::Fast::compile(&defs, MAIN)
 }
 
 /// A JSON value as a jq value, as jaq's own reader would make it (integers as integers, other

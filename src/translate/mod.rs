@@ -12,6 +12,7 @@
 //! silently; the first failure reasons per mapping are kept for admin `/mappings`.
 
 pub mod check;
+mod fast;
 pub mod jq;
 mod native;
 pub mod ocsf;

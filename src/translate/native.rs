@@ -49,18 +49,8 @@ pub(super) fn natives() -> impl Iterator<Item = Native> {
         ("num", 0, |cv| bome(Ok(num(&cv.1).map_or(Val::Null, |(v, _)| v)))),
         ("int", 0, |cv| bome(Ok(num(&cv.1).map_or(Val::Null, |(_, f)| Val::from(f.floor() as isize))))),
         ("bool", 0, |cv| bome(Ok(bool_of(&cv.1)))),
-        ("severity_id", 0, |cv| bome(Ok(Val::from(severity_id(&cv.1))))),
-        ("score_severity_id", 0, |cv| {
-            let id = match num(&cv.1).map(|(_, f)| f) {
-                None => 0,
-                Some(f) if f < 20.0 => 1,
-                Some(f) if f < 40.0 => 2,
-                Some(f) if f < 60.0 => 3,
-                Some(f) if f < 80.0 => 4,
-                Some(_) => 5,
-            };
-            bome(Ok(Val::from(id as isize)))
-        }),
+        ("severity_id", 0, |cv| bome(Ok(Val::from(severity_scalar(&scalar(&cv.1)) as isize)))),
+        ("score_severity_id", 0, |cv| bome(Ok(Val::from(score_severity(num(&cv.1).map(|(_, f)| f)) as isize)))),
         ("ms", 0, ms_native),
         ("iso", 0, iso_native),
         ("prune", 0, prune_native),
@@ -108,47 +98,86 @@ fn const_native<'a>(mut cv: Cv<'a, D>) -> ValXs<'a, Val> {
     bome(Ok(v))
 }
 
+/// A scalar as the helpers read it, from either value representation (jaq's or serde's).
+pub(super) enum Scalar<'s> {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(&'s str),
+    /// A list or an object.
+    Other,
+}
+
+fn scalar(v: &Val) -> Scalar<'_> {
+    match v {
+        Val::Null => Scalar::Null,
+        Val::Bool(b) => Scalar::Bool(*b),
+        Val::Num(_) => v.to_string().parse().map_or(Scalar::Other, Scalar::Num),
+        _ => text(v).map_or(Scalar::Other, Scalar::Str),
+    }
+}
+
+/// A numeric string as jq's `tonumber` reads it: the integer (when it is one) and the f64.
+pub(super) fn num_text(t: &str) -> Option<(Option<i64>, f64)> {
+    let t = t.trim();
+    let f: f64 = t.parse().ok().filter(|f: &f64| f.is_finite())?;
+    Some((t.parse::<i64>().ok(), f))
+}
+
 /// `num`: the number (as a value and as f64) of a number or numeric string.
 fn num(v: &Val) -> Option<(Val, f64)> {
     match v {
         Val::Num(_) => Some((v.clone(), v.to_string().parse().ok()?)),
         _ => {
-            let t = text(v)?.trim();
-            let f: f64 = t.parse().ok().filter(|f: &f64| f.is_finite())?;
+            let (int, f) = num_text(text(v)?)?;
             // jq's tonumber: integers stay integers.
-            let val = match t.parse::<isize>() {
-                Ok(i) => Val::from(i),
-                Err(_) => Val::from(f),
-            };
-            Some((val, f))
+            Some((int.map_or(Val::from(f), |i| Val::from(i as isize)), f))
         }
     }
 }
 
-fn bool_of(v: &Val) -> Val {
-    match v {
-        Val::Bool(_) => v.clone(),
-        _ => match text(v).map(str::to_ascii_lowercase).as_deref() {
-            Some("true") => Val::Bool(true),
-            Some("false") => Val::Bool(false),
-            _ => Val::Null,
-        },
+/// `score_severity_id` of a number (None: not a number).
+pub(super) fn score_severity(f: Option<f64>) -> i64 {
+    match f {
+        None => 0,
+        Some(f) if f < 20.0 => 1,
+        Some(f) if f < 40.0 => 2,
+        Some(f) if f < 60.0 => 3,
+        Some(f) if f < 80.0 => 4,
+        Some(_) => 5,
     }
 }
 
-fn severity_id(v: &Val) -> isize {
-    let word = match v {
-        Val::Null => return 0,
-        Val::TStr(_) | Val::BStr(_) => text(v).unwrap_or("").to_ascii_lowercase(),
-        other => other.to_string(),
-    };
-    match word.as_str() {
-        "informational" | "info" => 1,
-        "low" => 2,
-        "medium" | "moderate" => 3,
-        "high" => 4,
-        "critical" => 5,
-        "fatal" => 6,
+fn bool_of(v: &Val) -> Val {
+    match bool_scalar(&scalar(v)) {
+        Some(b) => Val::Bool(b),
+        None => Val::Null,
+    }
+}
+
+/// `bool`: a boolean, or "true" / "false" in any case.
+pub(super) fn bool_scalar(s: &Scalar) -> Option<bool> {
+    match s {
+        Scalar::Bool(b) => Some(*b),
+        Scalar::Str(t) if t.eq_ignore_ascii_case("true") => Some(true),
+        Scalar::Str(t) if t.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// `severity_id`: null gives 0, a known word its id, anything else 99.
+pub(super) fn severity_scalar(s: &Scalar) -> i64 {
+    match s {
+        Scalar::Null => 0,
+        Scalar::Str(t) => match t.to_ascii_lowercase().as_str() {
+            "informational" | "info" => 1,
+            "low" => 2,
+            "medium" | "moderate" => 3,
+            "high" => 4,
+            "critical" => 5,
+            "fatal" => 6,
+            _ => 99,
+        },
         _ => 99,
     }
 }
@@ -231,11 +260,17 @@ pub(super) fn prune(v: Val) -> Val {
 
 /// Epoch milliseconds from what the prelude's `ms` reads (see `prelude.jq`).
 fn ms(v: &Val) -> Option<i64> {
+    ms_scalar(&scalar(v))
+}
+
+/// `ms` of a scalar.
+pub(super) fn ms_scalar(v: &Scalar) -> Option<i64> {
     let epoch = |x: f64| if x > 100_000_000_000.0 { x.floor() as i64 } else { (x * 1000.0).floor() as i64 };
-    if let Val::Num(_) = v {
-        return v.to_string().parse::<f64>().ok().map(epoch);
-    }
-    let s = text(v)?;
+    let s = match v {
+        Scalar::Num(f) => return Some(epoch(*f)),
+        Scalar::Str(s) => *s,
+        _ => return None,
+    };
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && s.matches('.').count() <= 1 {
         let (int, frac) = s.split_once('.').unwrap_or((s, "1"));
         if int.is_empty() || frac.is_empty() {

@@ -1,0 +1,2011 @@
+//! The fast path for mapping programs: a direct evaluator for the part of jq that mappings are
+//! written in, run on the parsed vendor record itself.
+//!
+//! jaq runs any jq program, but every term it evaluates allocates an iterator, every field it reads
+//! copies the field's string, and the record is converted into jaq's values and back. For the
+//! common shapes of a mapping — field reads, object and list construction, `//`, `if`, `select`,
+//! `map`, string helpers and the prelude — this module compiles the program once more, into a tree
+//! that is evaluated directly: one-output terms return their value, generators call a
+//! continuation, field reads borrow from the record, and user definitions are expanded in place
+//! (mappings may not recurse). Outputs equal jaq's (a test runs both over every shipped sample and
+//! over damaged copies of them).
+//!
+//! Two ways out keep that promise: a program using anything outside the subset is not compiled
+//! here and runs on jaq; and at run time, a case whose answer is not certain to match jaq's (a
+//! float printed as text, iteration over an object the program built, ...) gives up, as does any
+//! error, and the record is run again on jaq, whose answer (and error message) is the one used.
+
+use std::rc::Rc;
+
+use jaq_core::load::lex::StrPart;
+use jaq_core::load::parse::{BinaryOp, Def, Pattern, Term};
+use jaq_core::ops::{Cmp, Math};
+use jaq_core::path::{Opt, Part};
+use regex_bites::bytes::Regex;
+use serde_json::{Map, Number, Value};
+
+use super::native::{self, Scalar};
+
+/// Why evaluation stopped.
+#[derive(Debug)]
+enum Stop {
+    /// A jq error (`try` and `?` catch it).
+    Err,
+    /// The fast path cannot give jaq's answer here; nothing catches it.
+    Bail,
+}
+
+type R = Result<(), Stop>;
+
+#[cfg(test)]
+thread_local! {
+    /// Where the fast path last gave up (tests print it).
+    static LAST_BAIL: std::cell::Cell<Option<&'static std::panic::Location<'static>>> = const { std::cell::Cell::new(None) };
+}
+
+#[track_caller]
+fn bail() -> Stop {
+    #[cfg(test)]
+    {
+        let at = std::panic::Location::caller();
+        LAST_BAIL.with(|l| l.set(Some(at)));
+    }
+    Stop::Bail
+}
+
+/// A value during evaluation: part of the record (or of a literal), or one the program made.
+#[derive(Clone, Debug)]
+enum V<'a> {
+    /// Part of the input record. Its objects iterate in key order, as they do in jaq (both read
+    /// the record from the same sorted map).
+    In(&'a Value),
+    /// Made by the program (or a literal). Objects the program built may iterate in a different
+    /// order in jaq (insertion order), so iterating one with several keys gives up.
+    Own(Rc<Value>),
+}
+
+static NULL: Value = Value::Null;
+
+impl<'a> V<'a> {
+    fn own(v: Value) -> Self {
+        V::Own(Rc::new(v))
+    }
+
+    fn val(&self) -> &Value {
+        match self {
+            V::In(v) => v,
+            V::Own(v) => v,
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            V::In(v) => v.clone(),
+            V::Own(rc) => Rc::try_unwrap(rc).unwrap_or_else(|rc| (*rc).clone()),
+        }
+    }
+
+    fn truthy(&self) -> bool {
+        !matches!(self.val(), Value::Null | Value::Bool(false))
+    }
+
+    /// A part of this value (borrowed from the record when this is).
+    fn part(&self, f: impl FnOnce(&Value) -> Option<&Value>) -> V<'a> {
+        match self {
+            V::In(v) => V::In(f(v).unwrap_or(&NULL)),
+            V::Own(v) => match f(v) {
+                Some(x) => V::own(x.clone()),
+                None => V::In(&NULL),
+            },
+        }
+    }
+
+    /// The elements of a list or the values of an object, in jaq's order.
+    fn values(&self) -> Result<Vec<V<'a>>, Stop> {
+        match self {
+            V::In(Value::Array(a)) => Ok(a.iter().map(V::In).collect()),
+            V::In(Value::Object(m)) => Ok(m.values().map(V::In).collect()),
+            V::Own(v) => match &**v {
+                Value::Array(a) => Ok(a.iter().map(|x| V::own(x.clone())).collect()),
+                Value::Object(m) if m.len() <= 1 => Ok(m.values().map(|x| V::own(x.clone())).collect()),
+                Value::Object(_) => Err(bail()),
+                _ => Err(Stop::Err),
+            },
+            V::In(_) => Err(Stop::Err),
+        }
+    }
+
+    /// The entries of an object, in jaq's order (or in any order, when it cannot matter).
+    fn entries(&self, any_order: bool) -> Result<Vec<(&str, V<'a>)>, Stop> {
+        match self {
+            V::In(Value::Object(m)) => Ok(m.iter().map(|(k, v)| (k.as_str(), V::In(v))).collect()),
+            V::Own(v) => match &**v {
+                Value::Object(m) if any_order || m.len() <= 1 => {
+                    Ok(m.iter().map(|(k, v)| (k.as_str(), V::own(v.clone()))).collect())
+                }
+                _ => Err(bail()),
+            },
+            _ => Err(bail()),
+        }
+    }
+}
+
+/// A number as jaq holds it.
+#[derive(Clone, Copy)]
+enum N {
+    I(i64),
+    F(f64),
+}
+
+fn number(n: &Number) -> Result<N, Stop> {
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => Ok(N::I(i)),
+        // Beyond i64: jaq uses big integers.
+        _ if n.is_u64() => Err(bail()),
+        (None, Some(f)) => Ok(N::F(f)),
+        _ => Err(bail()),
+    }
+}
+
+impl N {
+    fn f(self) -> f64 {
+        match self {
+            N::I(i) => i as f64,
+            N::F(f) => f,
+        }
+    }
+
+    fn value(self) -> Result<Value, Stop> {
+        match self {
+            N::I(i) => Ok(Value::from(i)),
+            N::F(f) if f.is_finite() => Number::from_f64(f).map(Value::Number).ok_or(Stop::Bail),
+            N::F(_) => Err(bail()),
+        }
+    }
+}
+
+fn math(op: &Math, l: V, r: V) -> Result<Value, Stop> {
+    use Value::{Array, Null, Object, String as S};
+    let (lv, rv) = (l.val(), r.val());
+    match (op, lv, rv) {
+        (Math::Add, Null, _) => Ok(r.into_value()),
+        (Math::Add, _, Null) => Ok(l.into_value()),
+        (_, Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (number(x)?, number(y)?);
+            let n = match (op, x, y) {
+                (Math::Add, N::I(a), N::I(b)) => N::I(a.checked_add(b).ok_or(Stop::Bail)?),
+                (Math::Sub, N::I(a), N::I(b)) => N::I(a.checked_sub(b).ok_or(Stop::Bail)?),
+                (Math::Mul, N::I(a), N::I(b)) => N::I(a.checked_mul(b).ok_or(Stop::Bail)?),
+                (Math::Rem, N::I(_), N::I(0)) => return Err(Stop::Err),
+                (Math::Rem, N::I(a), N::I(b)) => N::I(a.checked_rem(b).unwrap_or(0)),
+                (Math::Rem, _, _) => return Err(bail()),
+                (Math::Add, a, b) => N::F(a.f() + b.f()),
+                (Math::Sub, a, b) => N::F(a.f() - b.f()),
+                (Math::Mul, a, b) => N::F(a.f() * b.f()),
+                (Math::Div, a, b) => N::F(a.f() / b.f()),
+            };
+            n.value()
+        }
+        (Math::Add, S(a), S(b)) => Ok(S(format!("{a}{b}"))),
+        (Math::Add, Array(_), Array(b)) => {
+            let mut a = l.into_value();
+            if let Array(a) = &mut a {
+                a.extend(b.iter().cloned());
+            }
+            Ok(a)
+        }
+        (Math::Add, Object(_), Object(b)) => {
+            let mut a = l.into_value();
+            if let Object(a) = &mut a {
+                a.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            Ok(a)
+        }
+        (Math::Sub, Array(a), Array(b)) => {
+            let mut out = Vec::with_capacity(a.len());
+            for x in a {
+                let mut found = false;
+                for y in b {
+                    if equal(x, y)? {
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    out.push(x.clone());
+                }
+            }
+            Ok(Array(out))
+        }
+        (Math::Div, S(a), S(b)) => Ok(split(a, b)),
+        // String repetition and deep object merge: left to jaq.
+        (Math::Mul, S(_) | Value::Number(_) | Object(_), S(_) | Value::Number(_) | Object(_)) => Err(bail()),
+        _ => Err(Stop::Err),
+    }
+}
+
+/// `a / b` on strings (jaq's split: nothing for "", characters for an empty separator).
+fn split(a: &str, b: &str) -> Value {
+    if a.is_empty() {
+        Value::Array(Vec::new())
+    } else if b.is_empty() {
+        Value::Array(a.chars().map(|c| Value::String(c.to_string())).collect())
+    } else {
+        Value::Array(a.split(b).map(|s| Value::String(s.to_owned())).collect())
+    }
+}
+
+/// jq's order of types: null, booleans, numbers, strings, lists, objects.
+fn rank(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+    }
+}
+
+fn float_cmp(a: f64, b: f64) -> Result<std::cmp::Ordering, Stop> {
+    if a == 0.0 && b == 0.0 {
+        return Ok(std::cmp::Ordering::Equal);
+    }
+    a.partial_cmp(&b).ok_or(Stop::Bail)
+}
+
+/// jaq's ordering of values (objects of several keys are left to jaq).
+fn order(a: &Value, b: &Value) -> Result<std::cmp::Ordering, Stop> {
+    use std::cmp::Ordering::Equal;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (number(x)?, number(y)?) {
+            (N::I(x), N::I(y)) => Ok(x.cmp(&y)),
+            (x, y) => float_cmp(x.f(), y.f()),
+        },
+        (Value::Bool(x), Value::Bool(y)) => Ok(x.cmp(y)),
+        (Value::String(x), Value::String(y)) => Ok(x.as_bytes().cmp(y.as_bytes())),
+        (Value::Array(x), Value::Array(y)) => {
+            for (x, y) in x.iter().zip(y) {
+                let o = order(x, y)?;
+                if o != Equal {
+                    return Ok(o);
+                }
+            }
+            Ok(x.len().cmp(&y.len()))
+        }
+        (Value::Object(x), Value::Object(y)) if x.is_empty() || y.is_empty() => Ok(x.len().min(1).cmp(&y.len().min(1))),
+        (Value::Object(_), Value::Object(_)) => Err(bail()),
+        _ => Ok(rank(a).cmp(&rank(b))),
+    }
+}
+
+/// jaq's equality (1 == 1.0; objects regardless of key order).
+fn equal(a: &Value, b: &Value) -> Result<bool, Stop> {
+    Ok(match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (number(x)?, number(y)?) {
+            (N::I(x), N::I(y)) => x == y,
+            (x, y) => x.f() == y.f(),
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            if x.len() != y.len() {
+                return Ok(false);
+            }
+            for (x, y) in x.iter().zip(y) {
+                if !equal(x, y)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            if x.len() != y.len() {
+                return Ok(false);
+            }
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) if equal(v, w)? => {}
+                    _ => return Ok(false),
+                }
+            }
+            true
+        }
+        _ => a == b,
+    })
+}
+
+fn compare(op: &Cmp, a: &Value, b: &Value) -> Result<bool, Stop> {
+    use std::cmp::Ordering::{Greater, Less};
+    Ok(match op {
+        Cmp::Eq => equal(a, b)?,
+        Cmp::Ne => !equal(a, b)?,
+        Cmp::Lt => order(a, b)? == Less,
+        Cmp::Gt => order(a, b)? == Greater,
+        Cmp::Le => order(a, b)? != Greater,
+        Cmp::Ge => order(a, b)? != Less,
+    })
+}
+
+/// JSON text as jaq writes it (`tojson`, `tostring`, string interpolation); gives up on what jaq
+/// may write differently: non-integer numbers the program made, DEL characters, objects the
+/// program built.
+fn to_json(v: &V) -> Result<String, Stop> {
+    fn check(v: &Value, built: bool) -> Result<(), Stop> {
+        match v {
+            // jaq holds the record's numbers as serde_json printed them; computed ones it prints itself.
+            Value::Number(n) if built && n.as_i64().is_none() => Err(bail()),
+            Value::String(s) if s.contains('\u{7f}') => Err(bail()),
+            Value::Array(a) => a.iter().try_for_each(|x| check(x, built)),
+            Value::Object(m) if built && m.len() > 1 => Err(bail()),
+            Value::Object(m) => m.iter().try_for_each(|(k, x)| {
+                if k.contains('\u{7f}') {
+                    return Err(bail());
+                }
+                check(x, built)
+            }),
+            _ => Ok(()),
+        }
+    }
+    check(v.val(), matches!(v, V::Own(_)))?;
+    serde_json::to_string(v.val()).map_err(|_| Stop::Bail)
+}
+
+fn text_of(v: &V) -> Result<String, Stop> {
+    match v.val() {
+        Value::String(s) => Ok(s.clone()),
+        _ => to_json(v),
+    }
+}
+
+fn scalar(v: &Value) -> Scalar<'_> {
+    match v {
+        Value::Null => Scalar::Null,
+        Value::Bool(b) => Scalar::Bool(*b),
+        Value::Number(n) => n.as_f64().map_or(Scalar::Other, Scalar::Num),
+        Value::String(s) => Scalar::Str(s),
+        _ => Scalar::Other,
+    }
+}
+
+/// jaq's index of arrays by position (negative from the end).
+fn position(len: usize, i: i64) -> Option<usize> {
+    let i = if i < 0 { (len as i64).checked_add(i)? } else { i };
+    usize::try_from(i).ok().filter(|i| *i < len)
+}
+
+fn index<'a>(x: &V<'a>, i: &Value) -> Result<V<'a>, Stop> {
+    match (x.val(), i) {
+        (Value::Null, _) => Ok(V::In(&NULL)),
+        (Value::Object(_), Value::String(k)) => Ok(x.part(|v| v.as_object().and_then(|m| m.get(k)))),
+        (Value::Object(_), _) => Ok(V::In(&NULL)),
+        (Value::Array(a), Value::Number(n)) => match number(n)? {
+            N::I(i) => {
+                let at = position(a.len(), i);
+                Ok(x.part(|v| at.and_then(|at| v.as_array()?.get(at))))
+            }
+            N::F(_) => Err(bail()),
+        },
+        (Value::Array(_) | Value::String(_), Value::Array(_) | Value::Object(_)) => Err(bail()),
+        _ => Err(Stop::Err),
+    }
+}
+
+fn field<'a>(x: &V<'a>, k: &str) -> Result<V<'a>, Stop> {
+    match x.val() {
+        Value::Null => Ok(V::In(&NULL)),
+        Value::Object(_) => Ok(x.part(|v| v.as_object().and_then(|m| m.get(k)))),
+        _ => Err(Stop::Err),
+    }
+}
+
+fn slice<'a>(x: &V<'a>, from: Option<&Value>, upto: Option<&Value>) -> Result<V<'a>, Stop> {
+    let Value::Array(a) = x.val() else { return Err(bail()) };
+    let bound = |b: Option<&Value>| -> Result<Option<i64>, Stop> {
+        match b {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(Stop::Bail),
+            Some(_) => Err(bail()),
+        }
+    };
+    let len = a.len() as i64;
+    let at = |i: i64| if i < 0 { (len + i).max(0) } else { i.min(len) };
+    let start = bound(from)?.map_or(0, at);
+    let end = bound(upto)?.map_or(len, at);
+    let part = if end > start { a[start as usize..end as usize].to_vec() } else { Vec::new() };
+    Ok(V::own(Value::Array(part)))
+}
+
+/// Functions of the input alone.
+#[derive(Clone, Copy, Debug)]
+enum F0 {
+    Not,
+    Length,
+    Type,
+    Keys,
+    ToString,
+    ToNumber,
+    ToJson,
+    Floor,
+    Round,
+    Ceil,
+    Downcase,
+    Upcase,
+    Unique,
+    Sort,
+    Add,
+    ToEntries,
+    FromEntries,
+    Ms,
+    Iso,
+    Num,
+    Int,
+    Bool,
+    SeverityId,
+    ScoreSeverityId,
+    Prune,
+    Min,
+    Max,
+}
+
+/// Functions of the input and one value argument.
+#[derive(Clone, Copy, Debug)]
+enum F1 {
+    StartsWith,
+    EndsWith,
+    Split,
+    Join,
+    LtrimStr,
+    RtrimStr,
+    Has,
+    Unmapped,
+    StixId,
+    Index,
+}
+
+fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
+    let f0 = f;
+    let v = x.val();
+    let s = |s: String| Ok(V::own(Value::String(s)));
+    let n = |i: i64| Ok(V::own(Value::from(i)));
+    match f {
+        F0::Not => Ok(V::own(Value::Bool(!x.truthy()))),
+        F0::Length => match v {
+            Value::Null => n(0),
+            Value::Bool(_) => Err(Stop::Err),
+            Value::Number(m) => match number(m)? {
+                N::I(i) => i.checked_abs().map_or(Err(bail()), n),
+                N::F(_) => Err(bail()),
+            },
+            Value::String(t) => n(t.chars().count() as i64),
+            Value::Array(a) => n(a.len() as i64),
+            Value::Object(m) => n(m.len() as i64),
+        },
+        F0::Type => s(["null", "boolean", "number", "string", "array", "object"][rank(v) as usize].to_owned()),
+        F0::Keys => match v {
+            Value::Object(m) => Ok(V::own(Value::Array(m.keys().map(|k| Value::String(k.clone())).collect()))),
+            Value::Array(a) => Ok(V::own(Value::Array((0..a.len() as i64).map(Value::from).collect()))),
+            _ => Err(Stop::Err),
+        },
+        F0::ToString => match v {
+            Value::String(_) => Ok(x),
+            _ => s(to_json(&x)?),
+        },
+        F0::ToNumber => match v {
+            Value::Number(_) => Ok(x),
+            Value::String(t) => match native::num_text(t) {
+                Some((Some(i), _)) if t.trim() == t => n(i),
+                _ => Err(bail()),
+            },
+            _ => Err(Stop::Err),
+        },
+        F0::ToJson => s(to_json(&x)?),
+        F0::Floor | F0::Round | F0::Ceil => match v {
+            Value::Number(m) => match number(m)? {
+                N::I(_) => Ok(x),
+                N::F(f) => {
+                    let r = match f0 {
+                        F0::Floor => f.floor(),
+                        F0::Ceil => f.ceil(),
+                        _ => f.round(),
+                    };
+                    if r.is_finite() && (i64::MIN as f64..=i64::MAX as f64).contains(&r) {
+                        n(r as i64)
+                    } else {
+                        Err(bail())
+                    }
+                }
+            },
+            _ => Err(Stop::Err),
+        },
+        F0::Downcase | F0::Upcase => match v {
+            Value::String(t) => {
+                s(if matches!(f, F0::Downcase) { t.to_ascii_lowercase() } else { t.to_ascii_uppercase() })
+            }
+            _ => Err(Stop::Err),
+        },
+        F0::Unique | F0::Sort => {
+            let Value::Array(a) = v else { return Err(bail()) };
+            let mut items: Vec<&Value> = a.iter().collect();
+            let mut failed = false;
+            items.sort_by(|a, b| {
+                order(a, b).unwrap_or_else(|_| {
+                    failed = true;
+                    std::cmp::Ordering::Equal
+                })
+            });
+            if failed {
+                return Err(bail());
+            }
+            let mut out: Vec<Value> = Vec::with_capacity(items.len());
+            for it in items {
+                if matches!(f, F0::Unique) {
+                    if let Some(last) = out.last() {
+                        if order(last, it)? == std::cmp::Ordering::Equal {
+                            continue;
+                        }
+                    }
+                }
+                out.push(it.clone());
+            }
+            Ok(V::own(Value::Array(out)))
+        }
+        F0::Add => {
+            let mut acc = V::In(&NULL);
+            for it in x.values()? {
+                acc = V::own(math(&Math::Add, acc, it)?);
+            }
+            Ok(acc)
+        }
+        F0::ToEntries => {
+            let list = x
+                .entries(false)?
+                .into_iter()
+                .map(|(k, v)| {
+                    let mut m = Map::new();
+                    m.insert("key".to_owned(), Value::String(k.to_owned()));
+                    m.insert("value".to_owned(), v.into_value());
+                    Value::Object(m)
+                })
+                .collect();
+            Ok(V::own(Value::Array(list)))
+        }
+        F0::FromEntries => {
+            let Value::Array(a) = v else { return Err(bail()) };
+            let mut m = Map::new();
+            for e in a {
+                let Some(Value::String(k)) = e.get("key") else { return Err(bail()) };
+                m.insert(k.clone(), e.get("value").cloned().unwrap_or(Value::Null));
+            }
+            Ok(V::own(Value::Object(m)))
+        }
+        F0::Ms => Ok(native::ms_scalar(&scalar(v)).map_or(V::In(&NULL), |ms| V::own(Value::from(ms)))),
+        F0::Iso => Ok(native::ms_scalar(&scalar(v)).map_or(V::In(&NULL), |ms| V::own(Value::String(native::iso(ms))))),
+        F0::Num | F0::Int => {
+            let got = match v {
+                Value::Number(m) => m.as_f64().map(|f| (None, f)),
+                Value::String(t) => native::num_text(t).map(|(i, f)| (Some(i), f)),
+                _ => None,
+            };
+            match (f, got) {
+                (_, None) => Ok(V::In(&NULL)),
+                (F0::Num, Some((None, _))) => Ok(x),
+                (F0::Num, Some((Some(Some(i)), _))) => n(i),
+                (F0::Num, Some((Some(None), f))) => N::F(f).value().map(V::own),
+                (_, Some((_, f))) => {
+                    let r = f.floor();
+                    if (i64::MIN as f64..=i64::MAX as f64).contains(&r) {
+                        n(r as i64)
+                    } else {
+                        Err(bail())
+                    }
+                }
+            }
+        }
+        F0::Bool => Ok(native::bool_scalar(&scalar(v)).map_or(V::In(&NULL), |b| V::own(Value::Bool(b)))),
+        F0::SeverityId => n(native::severity_scalar(&scalar(v))),
+        F0::ScoreSeverityId => {
+            let f = match v {
+                Value::Number(m) => m.as_f64(),
+                Value::String(t) => native::num_text(t).map(|(_, f)| f),
+                _ => None,
+            };
+            n(native::score_severity(f))
+        }
+        F0::Min | F0::Max => {
+            let Value::Array(a) = v else { return Err(bail()) };
+            let mut best: Option<&Value> = None;
+            for it in a {
+                let better = match best {
+                    None => true,
+                    Some(b) if matches!(f, F0::Min) => order(it, b)? == std::cmp::Ordering::Less,
+                    Some(b) => order(it, b)? != std::cmp::Ordering::Less,
+                };
+                // Which of two equal values jaq keeps is its own affair (1 and 1.0).
+                if let Some(b) = best {
+                    if order(it, b)? == std::cmp::Ordering::Equal && it != b {
+                        return Err(bail());
+                    }
+                }
+                if better {
+                    best = Some(it);
+                }
+            }
+            Ok(best.map_or(V::In(&NULL), |b| V::own(b.clone())))
+        }
+        F0::Prune => Ok(if has_empty_inside(v) { V::own(prune(v)) } else { x }),
+    }
+}
+
+fn f1<'a>(f: F1, x: V<'a>, a: &V<'a>) -> Result<V<'a>, Stop> {
+    let s = |s: String| Ok(V::own(Value::String(s)));
+    let b = |b: bool| Ok(V::own(Value::Bool(b)));
+    match (f, x.val(), a.val()) {
+        (F1::StartsWith, Value::String(t), Value::String(p)) => b(t.starts_with(p.as_str())),
+        (F1::EndsWith, Value::String(t), Value::String(p)) => b(t.ends_with(p.as_str())),
+        (F1::StartsWith | F1::EndsWith, _, _) => Err(Stop::Err),
+        (F1::Split, Value::String(t), Value::String(p)) => Ok(V::own(split(t, p))),
+        (F1::Split, _, _) => Err(Stop::Err),
+        (F1::Join, Value::Array(items), Value::String(sep)) => {
+            let mut out = String::new();
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                let it = if matches!(x, V::Own(_)) { V::own(it.clone()) } else { x.part(|v| v.get(i)) };
+                out.push_str(&text_of(&it)?);
+            }
+            s(out)
+        }
+        (F1::Join, _, _) => Err(bail()),
+        (F1::LtrimStr, Value::String(t), Value::String(p)) => match t.strip_prefix(p.as_str()) {
+            Some(rest) => s(rest.to_owned()),
+            None => Ok(x),
+        },
+        (F1::RtrimStr, Value::String(t), Value::String(p)) => match t.strip_suffix(p.as_str()) {
+            Some(rest) => s(rest.to_owned()),
+            None => Ok(x),
+        },
+        (F1::LtrimStr | F1::RtrimStr, _, _) => Err(bail()),
+        (F1::Has, Value::Object(m), Value::String(k)) => b(m.contains_key(k)),
+        (F1::Has, Value::Array(l), Value::Number(n)) => match number(n)? {
+            N::I(i) => b(i >= 0 && (i as usize) < l.len()),
+            N::F(_) => Err(bail()),
+        },
+        (F1::Has, _, _) => Err(bail()),
+        (F1::Unmapped, Value::Object(m), Value::Array(keys)) => {
+            let rest: Map<String, Value> = m
+                .iter()
+                .filter(|(k, _)| !keys.iter().any(|x| x.as_str() == Some(k.as_str())))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Ok(if rest.is_empty() { V::In(&NULL) } else { V::own(Value::Object(rest)) })
+        }
+        (F1::Unmapped, _, Value::Array(_)) => Ok(V::In(&NULL)),
+        (F1::Unmapped, _, _) => Err(Stop::Err),
+        (F1::StixId, props, Value::String(ty)) => s(super::jq::stix_id(ty, props)),
+        (F1::StixId, _, _) => Err(Stop::Err),
+        (F1::Index, Value::Array(l), Value::Array(w)) if !w.is_empty() => {
+            for (i, win) in l.windows(w.len()).enumerate() {
+                let mut same = true;
+                for (a, b) in win.iter().zip(w) {
+                    same = same && equal(a, b)?;
+                }
+                if same {
+                    return Ok(V::own(Value::from(i as i64)));
+                }
+            }
+            Ok(V::In(&NULL))
+        }
+        (F1::Index, _, _) => Err(bail()),
+    }
+}
+
+/// Whether `prune` drops a value: null, "", [] or {}.
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    }
+}
+
+fn has_empty_inside(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.values().any(|x| is_empty(x) || has_empty_inside(x)),
+        Value::Array(a) => a.iter().any(|x| is_empty(x) || has_empty_inside(x)),
+        _ => false,
+    }
+}
+
+/// `prune` (see `native::prune`).
+fn prune(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), prune(v))).filter(|(_, v)| !is_empty(v)).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(prune).filter(|v| !is_empty(v)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A compiled term, and whether it always gives exactly one output (or an error).
+#[derive(Debug)]
+struct T {
+    node: Node,
+    one: bool,
+}
+
+#[derive(Debug)]
+enum Node {
+    Id,
+    /// A literal: a number, a string, null, a boolean or `[]` (literal objects are `Obj`).
+    Lit(Value),
+    /// String interpolation: literal text and terms (all one-output).
+    Str(Vec<Piece>),
+    Arr(Option<Box<T>>),
+    /// Object construction: keys (one-output) and values.
+    Obj(Vec<(Key, T)>),
+    Neg(Box<T>),
+    Pipe(Box<T>, Box<T>),
+    /// `f as $x | g`: the slot of `$x`.
+    Bind(Box<T>, usize, Box<T>),
+    Comma(Box<T>, Box<T>),
+    /// `and` (false) / `or` (true).
+    Logic(Box<T>, bool, Box<T>),
+    Math(Box<T>, Math, Box<T>),
+    Cmp(Box<T>, Cmp, Box<T>),
+    Alt(Box<T>, Box<T>),
+    Try(Box<T>),
+    Ite(Box<T>, Box<T>, Box<T>),
+    Var(usize),
+    Path(Box<T>, Vec<(Step, Opt)>),
+    Empty,
+    Error(Box<T>),
+    Select(Box<T>),
+    Map(Box<T>),
+    /// `with_entries(f)`; when `f` is a `select`, the keys out are keys in, so the order entries
+    /// are visited in cannot matter.
+    WithEntries(Box<T>),
+    F0(F0),
+    F1(F1, Box<T>),
+    Test(Regex),
+    /// `sub` / `gsub` with a literal replacement.
+    Sub(Regex, String, bool),
+    /// `.a.b = f`.
+    Assign(Vec<String>, Box<T>),
+    /// `.a.b |= f` (`f` one-output).
+    Update(Vec<String>, Box<T>),
+    /// `del(.a.b, .c)`.
+    Del(Vec<Vec<String>>),
+}
+
+#[derive(Debug)]
+enum Piece {
+    Text(String),
+    Term(T),
+}
+
+#[derive(Debug)]
+enum Key {
+    Text(String),
+    Term(T),
+}
+
+#[derive(Debug)]
+enum Step {
+    Key(String),
+    Index(T),
+    Iter,
+    Slice(Option<T>, Option<T>),
+}
+
+fn t(node: Node) -> T {
+    use Node::*;
+    let one = match &node {
+        Id | Lit(_) | Var(_) | Arr(_) | Map(_) | WithEntries(_) | F0(_) | Test(_) | Sub(..) | Del(_) | Error(_) => true,
+        Str(p) => p.iter().all(|p| matches!(p, Piece::Text(_)) || matches!(p, Piece::Term(t) if t.one)),
+        Obj(kvs) => kvs.iter().all(|(k, v)| v.one && (matches!(k, Key::Text(_)) || matches!(k, Key::Term(t) if t.one))),
+        Neg(a) | F1(_, a) | Assign(_, a) | Update(_, a) => a.one,
+        Pipe(a, b) | Bind(a, _, b) | Logic(a, _, b) | Math(a, _, b) | Cmp(a, _, b) | Alt(a, b) => a.one && b.one,
+        Ite(c, a, b) => c.one && a.one && b.one,
+        Path(h, steps) => {
+            h.one
+                && steps.iter().all(|(s, o)| {
+                    matches!(o, Opt::Essential)
+                        && match s {
+                            Step::Key(_) => true,
+                            Step::Index(i) => i.one,
+                            Step::Iter => false,
+                            Step::Slice(a, b) => a.iter().chain(b).all(|x| x.one),
+                        }
+                })
+        }
+        Comma(..) | Try(_) | Empty | Select(_) => false,
+    };
+    T { node, one }
+}
+
+fn bx(node: Node) -> Box<T> {
+    Box::new(t(node))
+}
+
+/// What is in scope while compiling: variables, definitions and filter arguments.
+enum Bound<'s, 't> {
+    Var(&'s str, usize),
+    Def(&'t Def<&'s str>, Scope<'s, 't>),
+    Arg(&'s str, &'t Term<&'s str>, Scope<'s, 't>),
+}
+
+struct Link<'s, 't> {
+    bound: Bound<'s, 't>,
+    next: Scope<'s, 't>,
+}
+
+type Scope<'s, 't> = Option<Rc<Link<'s, 't>>>;
+
+fn with<'s, 't>(scope: &Scope<'s, 't>, bound: Bound<'s, 't>) -> Scope<'s, 't> {
+    Some(Rc::new(Link { bound, next: scope.clone() }))
+}
+
+/// Most terms one program may expand to (definitions are expanded at every call).
+const MAX_TERMS: usize = 200_000;
+
+struct Compiler {
+    slots: usize,
+    terms: usize,
+}
+
+/// Why a program is not on the fast path (for tests and debugging).
+type Unsupported = String;
+
+fn literal_text(parts: &[StrPart<&str, Term<&str>>]) -> Option<String> {
+    let mut out = String::new();
+    for p in parts {
+        match p {
+            StrPart::Str(s) => out.push_str(s),
+            StrPart::Char(c) => out.push(*c),
+            StrPart::Term(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+fn literal_str(term: &Term<&str>) -> Option<String> {
+    match term {
+        Term::Str(None, parts) => literal_text(parts),
+        _ => None,
+    }
+}
+
+/// The keys of `.a.b.c` (a path of literal keys from the input).
+fn key_path(term: &Term<&str>) -> Option<Vec<String>> {
+    let Term::Path(head, path) = term else { return None };
+    if !matches!(**head, Term::Id) || path.0.is_empty() {
+        return None;
+    }
+    path.0
+        .iter()
+        .map(|(part, opt)| match (part, opt) {
+            (Part::Index(k), Opt::Essential) => literal_str(k),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Compiler {
+    fn slot(&mut self) -> usize {
+        self.slots += 1;
+        self.slots - 1
+    }
+
+    fn term<'s, 't>(&mut self, term: &'t Term<&'s str>, sc: &Scope<'s, 't>) -> Result<T, Unsupported> {
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err("the program expands to too many terms".into());
+        }
+        let b = |c: &mut Self, x: &'t Term<&'s str>| c.term(x, sc).map(Box::new);
+        Ok(t(match term {
+            Term::Id => Node::Id,
+            Term::Num(n) => {
+                let v = match n.parse::<i64>() {
+                    Ok(i) => Value::from(i),
+                    Err(_) => {
+                        let f: f64 = n.parse().map_err(|_| format!("number `{n}`"))?;
+                        let v = Number::from_f64(f).ok_or_else(|| format!("number `{n}`"))?;
+                        // jaq keeps a literal's text; equal only when it is written the way serde_json writes it.
+                        if v.to_string() != *n {
+                            return Err(format!("number `{n}` (not in its shortest form)"));
+                        }
+                        Value::Number(v)
+                    }
+                };
+                Node::Lit(v)
+            }
+            Term::Str(None, parts) => match literal_text(parts) {
+                Some(s) => Node::Lit(Value::String(s)),
+                None => {
+                    let mut pieces = Vec::new();
+                    for p in parts {
+                        pieces.push(match p {
+                            StrPart::Str(s) => Piece::Text((*s).to_owned()),
+                            StrPart::Char(c) => Piece::Text(c.to_string()),
+                            StrPart::Term(x) => Piece::Term(self.term(x, sc)?),
+                        });
+                    }
+                    Node::Str(pieces)
+                }
+            },
+            Term::Arr(None) => Node::Lit(Value::Array(Vec::new())),
+            Term::Arr(Some(x)) => Node::Arr(Some(b(self, x)?)),
+            Term::Obj(kvs) => {
+                let mut out = Vec::new();
+                for (k, v) in kvs {
+                    let key = match (k, literal_str(k)) {
+                        (_, Some(s)) => Key::Text(s),
+                        (Term::Var(name), _) => Key::Text(name.trim_start_matches('$').to_owned()),
+                        (Term::Str(Some(_), _), _) => return Err("formatted strings".into()),
+                        (k, None) => Key::Term(self.term(k, sc)?),
+                    };
+                    let value = match (v, k) {
+                        (Some(v), _) => self.term(v, sc)?,
+                        (None, Term::Var(_)) => self.term(k, sc)?,
+                        (None, _) => {
+                            let Key::Text(name) = &key else { return Err("`{(f)}` without a value".into()) };
+                            t(Node::Path(Box::new(t(Node::Id)), vec![(Step::Key(name.clone()), Opt::Essential)]))
+                        }
+                    };
+                    if let Key::Term(k) = &key {
+                        if !k.one {
+                            return Err("object keys that are generators".into());
+                        }
+                    }
+                    out.push((key, value));
+                }
+                Node::Obj(out)
+            }
+            Term::Neg(x) => Node::Neg(b(self, x)?),
+            Term::BinOp(l, op, r) => match op {
+                BinaryOp::Pipe(None) => Node::Pipe(b(self, l)?, b(self, r)?),
+                BinaryOp::Pipe(Some(Pattern::Var(x))) => {
+                    let left = b(self, l)?;
+                    let slot = self.slot();
+                    let right = self.term(r, &with(sc, Bound::Var(x, slot)))?;
+                    Node::Bind(left, slot, Box::new(right))
+                }
+                BinaryOp::Pipe(Some(_)) => return Err("destructuring patterns".into()),
+                BinaryOp::Comma => Node::Comma(b(self, l)?, b(self, r)?),
+                BinaryOp::Alt => Node::Alt(b(self, l)?, b(self, r)?),
+                BinaryOp::Or => Node::Logic(b(self, l)?, true, b(self, r)?),
+                BinaryOp::And => Node::Logic(b(self, l)?, false, b(self, r)?),
+                BinaryOp::Math(m) => Node::Math(b(self, l)?, *m, b(self, r)?),
+                BinaryOp::Cmp(c) => Node::Cmp(b(self, l)?, *c, b(self, r)?),
+                BinaryOp::Assign => match key_path(l) {
+                    Some(keys) => Node::Assign(keys, b(self, r)?),
+                    None => return Err("assignment to other than `.a.b`".into()),
+                },
+                BinaryOp::Update => match key_path(l) {
+                    Some(keys) => {
+                        let f = self.term(r, sc)?;
+                        if !f.one {
+                            return Err("`|=` with a generator".into());
+                        }
+                        Node::Update(keys, Box::new(f))
+                    }
+                    None => return Err("update of other than `.a.b`".into()),
+                },
+                _ => return Err("arithmetic update-assignment".into()),
+            },
+            Term::TryCatch(x, None) => Node::Try(b(self, x)?),
+            Term::IfThenElse(branches, otherwise) => {
+                let mut acc = match otherwise {
+                    Some(o) => self.term(o, sc)?,
+                    None => t(Node::Id),
+                };
+                for (c, then) in branches.iter().rev() {
+                    acc = t(Node::Ite(b(self, c)?, b(self, then)?, Box::new(acc)));
+                }
+                return Ok(acc);
+            }
+            Term::Def(defs, body) => {
+                let mut inner = sc.clone();
+                for d in defs {
+                    inner = with(&inner, Bound::Def(d, inner.clone()));
+                }
+                return self.term(body, &inner);
+            }
+            Term::Call(name, args) => return self.call(name, args, sc),
+            Term::Var(name) => {
+                let mut at = sc.clone();
+                loop {
+                    let Some(link) = at else { return Err(format!("variable `{name}`")) };
+                    if let Bound::Var(n, slot) = &link.bound {
+                        if n == name {
+                            break Node::Var(*slot);
+                        }
+                    }
+                    at = link.next.clone();
+                }
+            }
+            Term::Path(head, path) => {
+                let head = b(self, head)?;
+                let mut steps = Vec::new();
+                for (part, opt) in &path.0 {
+                    let step = match part {
+                        Part::Index(k) => match literal_str(k) {
+                            Some(s) => Step::Key(s),
+                            None => {
+                                let i = self.term(k, sc)?;
+                                if !i.one {
+                                    return Err("indices that are generators".into());
+                                }
+                                Step::Index(i)
+                            }
+                        },
+                        Part::Range(None, None) => Step::Iter,
+                        Part::Range(from, upto) => {
+                            let from = from.as_ref().map(|x| self.term(x, sc)).transpose()?;
+                            let upto = upto.as_ref().map(|x| self.term(x, sc)).transpose()?;
+                            if from.iter().chain(&upto).any(|x| !x.one) {
+                                return Err("slices bounded by generators".into());
+                            }
+                            Step::Slice(from, upto)
+                        }
+                    };
+                    steps.push((step, *opt));
+                }
+                Node::Path(head, steps)
+            }
+            Term::Recurse => return Err("`..`".into()),
+            Term::Str(Some(_), _) => return Err("formatted strings".into()),
+            Term::TryCatch(_, Some(_)) => return Err("`catch`".into()),
+            Term::Label(..) | Term::Break(_) => return Err("`label`".into()),
+            Term::Fold(..) => return Err("`reduce` / `foreach`".into()),
+        }))
+    }
+
+    fn call<'s, 't>(&mut self, name: &'s str, args: &'t [Term<&'s str>], sc: &Scope<'s, 't>) -> Result<T, Unsupported> {
+        let mut at = sc.clone();
+        while let Some(link) = at {
+            match &link.bound {
+                Bound::Arg(n, term, caller) if *n == name && args.is_empty() => return self.term(term, caller),
+                Bound::Def(d, defined) if d.name == name && d.args.len() == args.len() => {
+                    return self.expand(d, args, sc, defined);
+                }
+                _ => {}
+            }
+            at = link.next.clone();
+        }
+        self.builtin(name, args, sc)
+    }
+
+    /// A call of a definition, expanded in place: filter arguments are compiled where they are
+    /// used (in the caller's scope), value arguments (`$x`) bound around the body.
+    fn expand<'s, 't>(
+        &mut self,
+        d: &'t Def<&'s str>,
+        args: &'t [Term<&'s str>],
+        caller: &Scope<'s, 't>,
+        defined: &Scope<'s, 't>,
+    ) -> Result<T, Unsupported> {
+        let mut inner = defined.clone();
+        let mut binds = Vec::new();
+        for (param, arg) in d.args.iter().zip(args) {
+            if param.starts_with('$') {
+                let value = self.term(arg, caller)?;
+                let slot = self.slot();
+                inner = with(&inner, Bound::Var(param, slot));
+                binds.push((value, slot));
+            } else {
+                inner = with(&inner, Bound::Arg(param, arg, caller.clone()));
+            }
+        }
+        let mut body = self.term(&d.body, &inner)?;
+        for (value, slot) in binds.into_iter().rev() {
+            body = t(Node::Bind(Box::new(value), slot, Box::new(body)));
+        }
+        Ok(body)
+    }
+
+    fn builtin<'s, 't>(
+        &mut self,
+        name: &'s str,
+        args: &'t [Term<&'s str>],
+        sc: &Scope<'s, 't>,
+    ) -> Result<T, Unsupported> {
+        let lit = |v: Value| Ok(t(Node::Lit(v)));
+        let f0 = |f: F0| Ok(t(Node::F0(f)));
+        let index =
+            |i: i64| Ok(t(Node::Path(bx(Node::Id), vec![(Step::Index(t(Node::Lit(Value::from(i)))), Opt::Essential)])));
+        let regex = |term: &Term<&str>| -> Result<Regex, Unsupported> {
+            let re = literal_str(term).ok_or("a regular expression that is not a literal")?;
+            Regex::new(&re).map_err(|e| e.to_string())
+        };
+        match (name, args) {
+            ("null", []) => lit(Value::Null),
+            ("true", []) => lit(Value::Bool(true)),
+            ("false", []) => lit(Value::Bool(false)),
+            ("empty", []) => Ok(t(Node::Empty)),
+            ("error", []) => Ok(t(Node::Error(bx(Node::Id)))),
+            ("error", [m]) => Ok(t(Node::Error(Box::new(self.term(m, sc)?)))),
+            ("not", []) => f0(F0::Not),
+            ("length", []) => f0(F0::Length),
+            ("type", []) => f0(F0::Type),
+            ("keys", []) => f0(F0::Keys),
+            ("tostring", []) => f0(F0::ToString),
+            ("tonumber", []) => f0(F0::ToNumber),
+            ("tojson", []) => f0(F0::ToJson),
+            ("floor", []) => f0(F0::Floor),
+            ("round", []) => f0(F0::Round),
+            ("ceil", []) => f0(F0::Ceil),
+            ("ascii_downcase", []) => f0(F0::Downcase),
+            ("ascii_upcase", []) => f0(F0::Upcase),
+            ("unique", []) => f0(F0::Unique),
+            ("sort", []) => f0(F0::Sort),
+            ("add", []) => f0(F0::Add),
+            ("to_entries", []) => f0(F0::ToEntries),
+            ("from_entries", []) => f0(F0::FromEntries),
+            ("ms", []) => f0(F0::Ms),
+            ("iso", []) => f0(F0::Iso),
+            ("num", []) => f0(F0::Num),
+            ("int", []) => f0(F0::Int),
+            ("bool", []) => f0(F0::Bool),
+            ("severity_id", []) => f0(F0::SeverityId),
+            ("score_severity_id", []) => f0(F0::ScoreSeverityId),
+            ("prune", []) => f0(F0::Prune),
+            ("first", []) => index(0),
+            ("last", []) => index(-1),
+            ("values", []) => {
+                let cond = t(Node::Cmp(bx(Node::Id), Cmp::Ne, bx(Node::Lit(Value::Null))));
+                Ok(t(Node::Select(Box::new(cond))))
+            }
+            ("objects" | "arrays" | "strings" | "numbers" | "booleans" | "nulls", []) => {
+                let ty = match name {
+                    "objects" => "object",
+                    "arrays" => "array",
+                    "strings" => "string",
+                    "numbers" => "number",
+                    "booleans" => "boolean",
+                    _ => "null",
+                };
+                let cond = t(Node::Cmp(bx(Node::F0(F0::Type)), Cmp::Eq, bx(Node::Lit(Value::String(ty.to_owned())))));
+                Ok(t(Node::Select(Box::new(cond))))
+            }
+            ("min", []) => f0(F0::Min),
+            ("max", []) => f0(F0::Max),
+            ("test", [re, flags]) => {
+                let flags = literal_str(flags).ok_or("regular expression flags that are not a literal")?;
+                let re = literal_str(re).ok_or("a regular expression that is not a literal")?;
+                let mut b = regex_bites::bytes::RegexBuilder::new(&re);
+                for f in flags.chars() {
+                    match f {
+                        'i' => b.case_insensitive(true),
+                        'x' => b.ignore_whitespace(true),
+                        's' => b.dot_matches_new_line(true),
+                        'g' | 'n' => &mut b,
+                        _ => return Err(format!("regular expression flag `{f}`")),
+                    };
+                }
+                Ok(t(Node::Test(b.build().map_err(|e| e.to_string())?)))
+            }
+            ("select", [f]) => Ok(t(Node::Select(Box::new(self.term(f, sc)?)))),
+            ("map", [f]) => Ok(t(Node::Map(Box::new(self.term(f, sc)?)))),
+            ("with_entries", [f]) => Ok(t(Node::WithEntries(Box::new(self.term(f, sc)?)))),
+            ("test", [re]) => Ok(t(Node::Test(regex(re)?))),
+            ("sub" | "gsub", [re, with]) => {
+                let with = literal_str(with).ok_or("a replacement that is not a literal string")?;
+                Ok(t(Node::Sub(regex(re)?, with, name == "gsub")))
+            }
+            ("del", [p]) => {
+                fn paths(p: &Term<&str>, out: &mut Vec<Vec<String>>) -> Option<()> {
+                    match p {
+                        Term::BinOp(l, BinaryOp::Comma, r) => {
+                            paths(l, out)?;
+                            paths(r, out)
+                        }
+                        p => {
+                            out.push(key_path(p)?);
+                            Some(())
+                        }
+                    }
+                }
+                let mut list = Vec::new();
+                paths(p, &mut list).ok_or("`del` of other than `.a.b, .c`")?;
+                Ok(t(Node::Del(list)))
+            }
+            (_, [a]) => {
+                let f = match name {
+                    "startswith" => F1::StartsWith,
+                    "endswith" => F1::EndsWith,
+                    "split" => F1::Split,
+                    "join" => F1::Join,
+                    "ltrimstr" => F1::LtrimStr,
+                    "rtrimstr" => F1::RtrimStr,
+                    "has" => F1::Has,
+                    "unmapped" => F1::Unmapped,
+                    "stix_id" => F1::StixId,
+                    "index" => F1::Index,
+                    _ => return Err(format!("`{name}/1`")),
+                };
+                Ok(t(Node::F1(f, Box::new(self.term(a, sc)?))))
+            }
+            _ => Err(format!("`{name}/{}`", args.len())),
+        }
+    }
+}
+
+/// A mapping program compiled for the fast path.
+#[derive(Debug)]
+pub(super) struct Fast {
+    root: T,
+    slots: usize,
+}
+
+type Out<'o, 'a> = &'o mut dyn FnMut(&mut Env<'a>, V<'a>) -> R;
+
+struct Env<'a> {
+    slots: Vec<V<'a>>,
+}
+
+impl Fast {
+    /// Compiles `main` (a definition without arguments) with the definitions before it in scope;
+    /// `Err` names what is outside the fast path.
+    pub(super) fn compile<'s>(defs: &[Def<&'s str>], main: &str) -> Result<Fast, Unsupported> {
+        let mut sc: Scope<'s, '_> = None;
+        let mut found = None;
+        for d in defs {
+            if d.name == main && d.args.is_empty() {
+                found = Some((d, sc.clone()));
+            }
+            sc = with(&sc, Bound::Def(d, sc.clone()));
+        }
+        let (d, defined) = found.ok_or("no main definition")?;
+        let mut c = Compiler { slots: 0, terms: 0 };
+        let root = c.expand(d, &[], &None, &defined)?;
+        Ok(Fast { root, slots: c.slots })
+    }
+
+    /// Runs the program on `input`: every output, or `None` when jaq must give the answer (an
+    /// error, or a case the fast path does not decide).
+    pub(super) fn run(&self, input: &Value) -> Option<Vec<Value>> {
+        let mut env = Env { slots: vec![V::In(&NULL); self.slots] };
+        let mut out = Vec::new();
+        let r = if self.root.one {
+            one(&self.root, &mut env, V::In(input)).map(|v| out.push(v.into_value()))
+        } else {
+            eval(&self.root, &mut env, V::In(input), &mut |_, v| {
+                out.push(v.into_value());
+                if out.len() > 10_000 {
+                    return Err(bail());
+                }
+                Ok(())
+            })
+        };
+        r.ok().map(|()| out)
+    }
+}
+
+/// The output of a one-output term.
+fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
+    debug_assert!(t.one);
+    match &t.node {
+        Node::Id => Ok(x),
+        Node::Lit(v) => Ok(V::In(v)),
+        Node::Var(slot) => Ok(env.slots[*slot].clone()),
+        Node::Str(pieces) => {
+            let mut s = String::new();
+            for p in pieces {
+                match p {
+                    Piece::Text(t) => s.push_str(t),
+                    Piece::Term(t) => {
+                        let v = one(t, env, x.clone())?;
+                        match v.val() {
+                            Value::String(t) => s.push_str(t),
+                            _ => s.push_str(&to_json(&v)?),
+                        }
+                    }
+                }
+            }
+            Ok(V::own(Value::String(s)))
+        }
+        Node::Arr(None) => Ok(V::own(Value::Array(Vec::new()))),
+        Node::Arr(Some(f)) => {
+            let mut list = Vec::new();
+            if f.one {
+                list.push(one(f, env, x)?.into_value());
+            } else {
+                eval(f, env, x, &mut |_, v| {
+                    list.push(v.into_value());
+                    Ok(())
+                })?;
+            }
+            Ok(V::own(Value::Array(list)))
+        }
+        Node::Obj(kvs) => {
+            let mut m = Map::new();
+            for (k, v) in kvs {
+                let key = key(k, env, &x)?;
+                let value = one(v, env, x.clone())?.into_value();
+                m.insert(key, value);
+            }
+            Ok(V::own(Value::Object(m)))
+        }
+        Node::Neg(f) => match one(f, env, x)?.val() {
+            Value::Number(n) => match number(n)? {
+                N::I(i) => Ok(V::own(Value::from(i.checked_neg().ok_or(Stop::Bail)?))),
+                N::F(f) => N::F(-f).value().map(V::own),
+            },
+            _ => Err(Stop::Err),
+        },
+        Node::Pipe(a, b) => {
+            let y = one(a, env, x)?;
+            one(b, env, y)
+        }
+        Node::Bind(a, slot, b) => {
+            let y = one(a, env, x.clone())?;
+            let old = std::mem::replace(&mut env.slots[*slot], y);
+            let r = one(b, env, x);
+            env.slots[*slot] = old;
+            r
+        }
+        Node::Logic(a, or, b) => {
+            let l = one(a, env, x.clone())?.truthy();
+            let v = if l == *or { *or } else { one(b, env, x)?.truthy() };
+            Ok(V::own(Value::Bool(v)))
+        }
+        Node::Math(a, op, b) => {
+            let l = one(a, env, x.clone())?;
+            let r = one(b, env, x)?;
+            math(op, l, r).map(V::own)
+        }
+        Node::Cmp(a, op, b) => {
+            let l = one(a, env, x.clone())?;
+            let r = one(b, env, x)?;
+            compare(op, l.val(), r.val()).map(|b| V::own(Value::Bool(b)))
+        }
+        Node::Alt(a, b) => {
+            let l = one(a, env, x.clone())?;
+            if l.truthy() {
+                Ok(l)
+            } else {
+                one(b, env, x)
+            }
+        }
+        Node::Ite(c, a, b) => {
+            if one(c, env, x.clone())?.truthy() {
+                one(a, env, x)
+            } else {
+                one(b, env, x)
+            }
+        }
+        Node::Path(h, steps) => {
+            let mut v = one(h, env, x.clone())?;
+            for (s, _) in steps {
+                v = match s {
+                    Step::Key(k) => field(&v, k)?,
+                    Step::Index(i) => {
+                        let i = one(i, env, x.clone())?;
+                        index(&v, i.val())?
+                    }
+                    Step::Slice(from, upto) => {
+                        let from = from.as_ref().map(|f| one(f, env, x.clone())).transpose()?;
+                        let upto = upto.as_ref().map(|f| one(f, env, x.clone())).transpose()?;
+                        slice(&v, from.as_ref().map(V::val), upto.as_ref().map(V::val))?
+                    }
+                    Step::Iter => return Err(bail()),
+                };
+            }
+            Ok(v)
+        }
+        Node::Error(m) if m.one => {
+            one(m, env, x)?;
+            Err(Stop::Err)
+        }
+        Node::Error(_) => Err(bail()),
+        Node::Map(f) => {
+            let mut list = Vec::new();
+            for it in x.values()? {
+                if f.one {
+                    list.push(one(f, env, it)?.into_value());
+                } else {
+                    eval(f, env, it, &mut |_, v| {
+                        list.push(v.into_value());
+                        Ok(())
+                    })?;
+                }
+            }
+            Ok(V::own(Value::Array(list)))
+        }
+        Node::WithEntries(f) => {
+            let any_order = matches!(f.node, Node::Select(_));
+            let mut mapped = Vec::new();
+            for (k, v) in x.entries(any_order)? {
+                let mut e = Map::new();
+                e.insert("key".to_owned(), Value::String(k.to_owned()));
+                e.insert("value".to_owned(), v.into_value());
+                eval(f, env, V::own(Value::Object(e)), &mut |_, v| {
+                    mapped.push(v.into_value());
+                    Ok(())
+                })?;
+            }
+            f0(F0::FromEntries, V::own(Value::Array(mapped)))
+        }
+        Node::F0(f) => f0(*f, x),
+        Node::F1(f, a) => {
+            let arg = one(a, env, x.clone())?;
+            f1(*f, x, &arg)
+        }
+        Node::Test(re) => match x.val() {
+            Value::String(s) => Ok(V::own(Value::Bool(re.is_match(s.as_bytes())))),
+            _ => Err(Stop::Err),
+        },
+        Node::Sub(re, with, global) => {
+            let Value::String(s) = x.val() else { return Err(Stop::Err) };
+            let s = s.as_bytes();
+            let mut out = Vec::with_capacity(s.len());
+            let mut last = 0;
+            for m in re.find_iter(s) {
+                if m.start() == m.end() {
+                    // Empty matches: jaq's rules for them are its own.
+                    return Err(bail());
+                }
+                out.extend_from_slice(&s[last..m.start()]);
+                out.extend_from_slice(with.as_bytes());
+                last = m.end();
+                if !global {
+                    break;
+                }
+            }
+            out.extend_from_slice(&s[last..]);
+            String::from_utf8(out).map(|s| V::own(Value::String(s))).map_err(|_| Stop::Bail)
+        }
+        Node::Assign(keys, f) => {
+            let y = one(f, env, x.clone())?.into_value();
+            let mut v = x.into_value();
+            set_path(&mut v, keys, y)?;
+            Ok(V::own(v))
+        }
+        Node::Update(keys, f) => {
+            let mut v = x.into_value();
+            let mut at = &v;
+            for k in keys {
+                at = match at {
+                    Value::Object(m) => m.get(k).unwrap_or(&NULL),
+                    _ => return Err(bail()),
+                };
+            }
+            let y = one(f, env, V::own(at.clone()))?.into_value();
+            set_path(&mut v, keys, y)?;
+            Ok(V::own(v))
+        }
+        Node::Del(paths) => {
+            let mut v = x.into_value();
+            for keys in paths {
+                del_path(&mut v, keys)?;
+            }
+            Ok(V::own(v))
+        }
+        Node::Comma(..) | Node::Try(_) | Node::Empty | Node::Select(_) => Err(bail()),
+    }
+}
+
+fn key<'a>(k: &'a Key, env: &mut Env<'a>, x: &V<'a>) -> Result<String, Stop> {
+    match k {
+        Key::Text(s) => Ok(s.clone()),
+        Key::Term(t) => match one(t, env, x.clone())?.into_value() {
+            Value::String(s) => Ok(s),
+            _ => Err(bail()),
+        },
+    }
+}
+
+fn set_path(v: &mut Value, keys: &[String], y: Value) -> Result<(), Stop> {
+    let Some((k, rest)) = keys.split_first() else {
+        *v = y;
+        return Ok(());
+    };
+    // jaq does not make objects out of null here (jq does).
+    let Value::Object(m) = v else { return Err(bail()) };
+    match m.get_mut(k) {
+        Some(inner) => set_path(inner, rest, y),
+        None if rest.is_empty() => {
+            m.insert(k.clone(), y);
+            Ok(())
+        }
+        None => Err(bail()),
+    }
+}
+
+fn del_path(v: &mut Value, keys: &[String]) -> Result<(), Stop> {
+    let Some((k, rest)) = keys.split_first() else { return Ok(()) };
+    match v {
+        Value::Object(m) if rest.is_empty() => {
+            m.remove(k);
+            Ok(())
+        }
+        Value::Object(m) => match m.get_mut(k) {
+            Some(inner @ Value::Object(_)) => del_path(inner, rest),
+            _ => Err(bail()),
+        },
+        _ => Err(bail()),
+    }
+}
+
+/// Every output of `t` on `x`, to `out`.
+fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
+    if t.one {
+        let v = one(t, env, x)?;
+        return out(env, v);
+    }
+    match &t.node {
+        Node::Empty => Ok(()),
+        Node::Comma(a, b) => {
+            eval(a, env, x.clone(), out)?;
+            eval(b, env, x, out)
+        }
+        Node::Pipe(a, b) => eval(a, env, x, &mut |env, y| eval(b, env, y, out)),
+        Node::Bind(a, slot, b) => eval(a, env, x.clone(), &mut |env, y| {
+            let old = std::mem::replace(&mut env.slots[*slot], y);
+            let r = eval(b, env, x.clone(), out);
+            env.slots[*slot] = old;
+            r
+        }),
+        Node::Select(c) => eval(c, env, x.clone(), &mut |env, y| if y.truthy() { out(env, x.clone()) } else { Ok(()) }),
+        Node::Try(f) => {
+            let mut downstream = None;
+            let r = eval(f, env, x, &mut |env, v| {
+                out(env, v).map_err(|e| {
+                    downstream = Some(e);
+                    Stop::Bail
+                })
+            });
+            match (downstream, r) {
+                (Some(e), _) => Err(e),
+                (None, Err(Stop::Err)) => Ok(()),
+                (None, r) => r,
+            }
+        }
+        Node::Alt(a, b) => {
+            let mut any = false;
+            eval(a, env, x.clone(), &mut |env, v| {
+                if v.truthy() {
+                    any = true;
+                    out(env, v)
+                } else {
+                    Ok(())
+                }
+            })?;
+            if any {
+                Ok(())
+            } else {
+                eval(b, env, x, out)
+            }
+        }
+        Node::Ite(c, a, b) => eval(c, env, x.clone(), &mut |env, y| {
+            let branch = if y.truthy() { a } else { b };
+            eval(branch, env, x.clone(), out)
+        }),
+        Node::Logic(a, or, b) => eval(a, env, x.clone(), &mut |env, l| {
+            if l.truthy() == *or {
+                out(env, V::own(Value::Bool(*or)))
+            } else {
+                eval(b, env, x.clone(), &mut |env, r| out(env, V::own(Value::Bool(r.truthy()))))
+            }
+        }),
+        Node::Obj(kvs) => object(kvs, 0, env, &x, Map::new(), out),
+        Node::Str(_) => Err(bail()),
+        Node::F1(f, a) => eval(a, env, x.clone(), &mut |env, arg| {
+            let v = f1(*f, x.clone(), &arg)?;
+            out(env, v)
+        }),
+        Node::Math(a, op, b) => eval(a, env, x.clone(), &mut |env, l| {
+            eval(b, env, x.clone(), &mut |env, r| {
+                let v = math(op, l.clone(), r)?;
+                out(env, V::own(v))
+            })
+        }),
+        Node::Cmp(a, op, b) => eval(a, env, x.clone(), &mut |env, l| {
+            eval(b, env, x.clone(), &mut |env, r| {
+                let v = compare(op, l.val(), r.val())?;
+                out(env, V::own(Value::Bool(v)))
+            })
+        }),
+        Node::Neg(_) | Node::Assign(..) | Node::Update(..) => Err(bail()),
+        Node::Path(h, steps) => eval(h, env, x.clone(), &mut |env, y| path(steps, env, &x, y, out)),
+        // One-output terms (handled above).
+        _ => Err(bail()),
+    }
+}
+
+fn object<'a>(
+    kvs: &'a [(Key, T)],
+    i: usize,
+    env: &mut Env<'a>,
+    x: &V<'a>,
+    acc: Map<String, Value>,
+    out: Out<'_, 'a>,
+) -> R {
+    let Some((k, v)) = kvs.get(i) else { return out(env, V::own(Value::Object(acc))) };
+    let k = key(k, env, x)?;
+    if v.one {
+        let mut acc = acc;
+        acc.insert(k, one(v, env, x.clone())?.into_value());
+        return object(kvs, i + 1, env, x, acc, out);
+    }
+    eval(v, env, x.clone(), &mut |env, y| {
+        let mut acc = acc.clone();
+        acc.insert(k.clone(), y.into_value());
+        object(kvs, i + 1, env, x, acc, out)
+    })
+}
+
+fn path<'a>(steps: &'a [(Step, Opt)], env: &mut Env<'a>, x: &V<'a>, v: V<'a>, out: Out<'_, 'a>) -> R {
+    let Some(((step, opt), rest)) = steps.split_first() else { return out(env, v) };
+    let got: Result<Vec<V<'a>>, Stop> = match step {
+        Step::Key(k) => field(&v, k).map(|y| vec![y]),
+        Step::Index(i) => one(i, env, x.clone()).and_then(|i| index(&v, i.val())).map(|y| vec![y]),
+        Step::Slice(from, upto) => (|| {
+            let from = from.as_ref().map(|f| one(f, env, x.clone())).transpose()?;
+            let upto = upto.as_ref().map(|f| one(f, env, x.clone())).transpose()?;
+            slice(&v, from.as_ref().map(V::val), upto.as_ref().map(V::val)).map(|y| vec![y])
+        })(),
+        Step::Iter => v.values(),
+    };
+    let ys = match (got, opt) {
+        (Ok(ys), _) => ys,
+        (Err(Stop::Err), Opt::Optional) => return Ok(()),
+        (Err(e), _) => return Err(e),
+    };
+    for y in ys {
+        path(rest, env, x, y, out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use crate::translate::jq::Program;
+
+    /// The records of a sample payload (the `each` list, or the payload).
+    fn records(m: &crate::translate::Mapping, payload: &Value) -> Vec<Value> {
+        let Some(path) = &m.each else { return vec![payload.clone()] };
+        let mut at = payload;
+        for seg in path {
+            at = at.get(seg).unwrap_or(&Value::Null);
+        }
+        at.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Damaged copies of a record: each top-level field removed, nulled, or of another type.
+    fn damaged(record: &Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        let Some(m) = record.as_object() else { return out };
+        for k in m.keys() {
+            for replacement in [
+                None,
+                Some(json!(null)),
+                Some(json!("x")),
+                Some(json!(7)),
+                Some(json!(2.5)),
+                Some(json!({})),
+                Some(json!([1, "a"])),
+                Some(json!(true)),
+            ] {
+                let mut r = record.clone();
+                match replacement {
+                    None => {
+                        r.as_object_mut().unwrap().remove(k);
+                    }
+                    Some(v) => r[k.as_str()] = v,
+                }
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// Both engines agree: the fast path answers as jaq does, or hands over.
+    fn agree(p: &Program, input: &Value, what: &str) -> bool {
+        let jaq = p.run_jaq(input);
+        match p.run_fast(input) {
+            Some(fast) => {
+                let jaq =
+                    jaq.unwrap_or_else(|e| panic!("{what}: the fast path answered, jaq failed: {e}\ninput: {input}"));
+                let text = |v: &Vec<Value>| serde_json::to_string(v).unwrap();
+                assert_eq!(text(&fast), text(&jaq), "{what}\ninput: {input}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn shipped_mappings_take_the_fast_path_and_agree_with_jaq() {
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/mappings"));
+        let mappings = crate::config::load_mappings(dir).unwrap();
+        assert!(mappings.len() >= 12);
+        let slow: Vec<String> =
+            mappings.iter().filter_map(|m| Some(format!("{}: {}", m.id, m.program.not_fast()?))).collect();
+        assert!(slow.is_empty(), "not on the fast path: {slow:#?}");
+        for m in &mappings {
+            let (mut fast, mut total) = (0, 0);
+            for s in &m.samples {
+                let payload: Value = serde_json::from_slice(&std::fs::read(&s.input).unwrap()).unwrap();
+                for r in records(m, &payload) {
+                    let what = format!("{} {}", m.id, s.input.display());
+                    // Every sample record is answered on the fast path.
+                    let answered = agree(&m.program, &r, &what);
+                    assert!(
+                        answered || m.program.run_jaq(&r).is_err(),
+                        "{what}: handed over at {:?}\ninput: {r}",
+                        super::LAST_BAIL.with(|l| l.get())
+                    );
+                    for d in damaged(&r) {
+                        total += 1;
+                        fast += usize::from(agree(&m.program, &d, &what));
+                    }
+                }
+            }
+            eprintln!("{}: {fast} of {total} damaged records on the fast path", m.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod differential {
+    use serde_json::{json, Value};
+
+    use crate::translate::jq::Program;
+
+    fn inputs() -> Vec<Value> {
+        vec![
+            json!(null),
+            json!({"a": {"b": 2, "c": null}, "x": 1.5, "n": -3, "s": "a-b,c", "l": [3, "x", null, [1], {"k": 1}, 1.0, 3],
+                   "k": "a", "e": [{"key": "p", "value": 1}, {"key": "q", "value": null}], "t": true, "u": 18446744073709551615_u64}),
+            json!([1, 2, 3, null, "x"]),
+            json!("text"),
+            json!(42),
+            json!({"a": "str", "b": [], "c": {}, "d": "", "e": false}),
+        ]
+    }
+
+    /// Programs over the fast path's whole surface.
+    const PROGRAMS: &[&str] = &[
+        ".",
+        ".a",
+        ".a.b",
+        ".a?",
+        ".a.b?",
+        ".a.b.c",
+        ".[0]",
+        ".[-1]",
+        ".[7]",
+        ".[1:3]",
+        ".[:-1]",
+        ".[2:]",
+        ".l[1:2]",
+        ".[]",
+        ".[]?",
+        "[.[]?]",
+        "[.[] | . * 2]",
+        ".l[.a.b]",
+        ".[.k]",
+        ".[\"a\"]",
+        "map(. + 1)",
+        "map(select(. != null))",
+        "[.[]? | select(type == \"number\")]",
+        "select(.a)",
+        "[values]",
+        "[.[]? | objects]",
+        "[.[]? | strings]",
+        "[.[]? | arrays]",
+        "[.[]? | numbers]",
+        "[.[]? | booleans]",
+        "[.[]? | nulls]",
+        "keys",
+        "to_entries",
+        "with_entries(select(.value != null))",
+        ".e | from_entries",
+        "{b: 1, a: 2} | to_entries",
+        "{b: 1, a: 2} | with_entries(select(.value > 1))",
+        "{b: 1, a: 2} | [.[]]",
+        "{b: 1, a: 2} | keys",
+        "{b: 1} | to_entries",
+        "with_entries(.key |= ascii_upcase)",
+        ".x? // 5",
+        "(.a // .b)",
+        "(null, false) // 3",
+        "[(1, null, 2) // 3]",
+        "[empty // 1]",
+        "(.a.b // error(\"x\"))",
+        "[(1, 2) + (10, 20)]",
+        "[(1, 2) < (2, 1)]",
+        "1 + 2.5",
+        "10 / 4",
+        "7 % 3",
+        "7 % 0",
+        "5 - 7",
+        "3 * 4",
+        "1.5 * 2",
+        ".n | floor",
+        ".x | floor",
+        ".x | round",
+        ".x | ceil",
+        "-(.n)",
+        "-(.x)",
+        "-.s",
+        "[3, 1, 2] | sort",
+        "[3, 1, 3, \"a\", null] | unique",
+        "[3, 1, 2] | min",
+        "[3, 1, 2] | max",
+        "[] | max",
+        "[1, 1.0] | max",
+        "[.[]? | length]",
+        "length",
+        ".l | tojson",
+        "tojson",
+        "tostring",
+        "[.[]? | tostring]",
+        ".s | tonumber",
+        "\"12\" | tonumber",
+        ".u + 1",
+        ".u",
+        ".u | tostring",
+        "[.l[] | type]",
+        ".l | add",
+        "[\"a\", \"b\"] | add",
+        "[[1], [2]] | add",
+        "null | add",
+        "\"a\\(.a)b\\(.x)\"",
+        "\"n=\\(.n) t=\\(.t)\"",
+        ".s | test(\"^a\")",
+        ".s | test(\"B\"; \"i\")",
+        ".s | gsub(\"-\"; \":\")",
+        ".s | sub(\"[a-c]\"; \"X\")",
+        ".s | gsub(\"[a-c]\"; \"X\")",
+        ".s | gsub(\"x*\"; \"-\")",
+        ".s | split(\",\")",
+        "\"\" | split(\",\")",
+        ".s | split(\"\")",
+        "[\"a\", 1, null] | join(\"-\")",
+        ".s | ascii_downcase",
+        ".s | ascii_upcase",
+        ".s | startswith(\"a\")",
+        ".s | endswith(\"c\")",
+        ".s | ltrimstr(\"a-\")",
+        ".s | rtrimstr(\",c\")",
+        "has(\"a\")",
+        ".l | has(2)",
+        "[1, 2, 3] - [2]",
+        "{a: 1} + {b: 2}",
+        "{a: 1} + null",
+        "[1] + [2]",
+        "\"a\" + \"b\"",
+        "1 + \"a\"",
+        "{} * {}",
+        ".a = 1",
+        ".a.b = 2",
+        ".z.y = 3",
+        ".a |= . + 1",
+        ".a.b |= . + 1",
+        "del(.a)",
+        "del(.a, .x)",
+        "del(.a.b)",
+        "def f(g): [g, g]; f(.a)",
+        "def f($x): $x + 1; f(.n)",
+        "def f: def g: 3; g + 1; f",
+        ". as $v | def f(g): 1 as $v | g; f($v)",
+        "def f(a; $b): [a, $b]; f(.n; .x)",
+        "def f($a; $b): [$a, $b]; [f((1, 2); (3, 4))]",
+        "(.a and .t)",
+        "[(true, false) or false]",
+        "[(true, false) and (true, false)]",
+        "[.[]? | not]",
+        "[{a: (1, 2), b: (3, 4)}]",
+        "{(.k): 1}",
+        "1 as $x | {$x}",
+        "{a}",
+        "{\"a\"}",
+        "{a: .x?}",
+        "[{a: .l[]?}]",
+        "{a: 1, a: 2}",
+        "if . then 1 end",
+        "[if (true, false) then 1 else 2 end]",
+        "if .t then \"y\" elif .a then \"a\" else \"n\" end",
+        "[(1, 2, 3)?]",
+        "[(1, error(\"x\"), 3)?]",
+        "try error(\"x\")",
+        "[.[]? | try (if . == 2 then error(\"e\") else . end)]",
+        "[(1, 2, 3)? | if . == 2 then error(\"x\") else . end]",
+        "[.l[]? | .k?]",
+        "[.[]? | .[0]?]",
+        ".l | index([3])",
+        ".l | index([\"x\", null])",
+        ".l | index([])",
+        "first",
+        "last",
+        ".l | first",
+        ".l | last",
+        "[.l[] | ms]",
+        "[.s, .x, .n, \"2026-11-30T14:02:09.5Z\", 1796047329] | map(iso)",
+        "[.[]? | num]",
+        "[.[]? | int]",
+        "[.[]? | bool]",
+        "[.[]? | severity_id]",
+        "[.[]? | score_severity_id]",
+        "prune",
+        "unmapped([\"a\", \"x\"])",
+        "stix_id(\"file\")",
+        "error",
+        "error(\"custom\")",
+        "[.[]? | tostring] | join(\",\")",
+        "{a: 1, b: {c: 2}} | tojson",
+        "{a: 1.5} | tojson",
+        "[1.25] | tojson",
+        "0.5",
+        "1.50",
+        "1e3",
+    ];
+
+    #[test]
+    fn fast_path_agrees_with_jaq() {
+        let mut answered = 0;
+        let mut total = 0;
+        let mut never = Vec::new();
+        for code in PROGRAMS {
+            let p = Program::compile(code).unwrap_or_else(|e| panic!("{code}: {e:?}"));
+            let before = answered;
+            for input in inputs() {
+                total += 1;
+                let jaq = p.run_jaq(&input);
+                if let Some(fast) = p.run_fast(&input) {
+                    answered += 1;
+                    let jaq =
+                        jaq.unwrap_or_else(|e| panic!("{code} on {input}: fast answered {fast:?}, jaq failed: {e}"));
+                    let text = |v: &Vec<Value>| serde_json::to_string(v).unwrap();
+                    assert_eq!(text(&fast), text(&jaq), "{code} on {input}");
+                }
+            }
+            if answered == before {
+                never.push(*code);
+            }
+        }
+        eprintln!("never on the fast path: {never:?}");
+        // Most of them are answered on the fast path (the rest hand over: errors and the cases above
+        // whose answer is jaq's own).
+        assert!(answered * 2 > total, "{answered} of {total}");
+    }
+
+    #[test]
+    fn errors_after_try_are_not_caught_by_it() {
+        for code in ["[(1, 2, 3)? | if . == 2 then error(\"x\") else . end]", "[.a? | error(\"boom\")]"] {
+            let p = Program::compile(code).unwrap();
+            let input = json!({"a": 1});
+            assert!(p.run_jaq(&input).is_err(), "{code}");
+            assert!(p.run_fast(&input).is_none(), "{code}");
+            assert!(p.run(&input).is_err(), "{code}");
+        }
+        // The error message is jaq's.
+        let p = Program::compile(".a.b").unwrap();
+        assert_eq!(p.run(&json!({"a": "s"})).unwrap_err(), p.run_jaq(&json!({"a": "s"})).unwrap_err());
+    }
+
+    #[test]
+    fn what_stays_on_jaq() {
+        for (code, why) in [
+            ("reduce .[] as $x (0; . + $x)", "reduce"),
+            ("[..]", "`..`"),
+            ("try error(\"x\") catch .", "catch"),
+            ("[limit(2; .[])]", "limit"),
+            (".[] as [$a] | $a", "destructuring"),
+            ("@base64", "@base64"),
+            (".a += 1", "arithmetic update"),
+        ] {
+            let p = Program::compile(code).unwrap();
+            let not = p.not_fast().unwrap_or_else(|| panic!("{code} is on the fast path"));
+            assert!(not.contains(why), "{code}: {not}");
+        }
+    }
+}
