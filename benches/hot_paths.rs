@@ -10,10 +10,6 @@
 
 use std::hint::black_box;
 
-/// The allocator the `interlock` binary uses.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
 use interlock::proxy::normalize::normalize;
@@ -149,6 +145,8 @@ fn translation(c: &mut Criterion) {
     let out = m.program.run(&one).unwrap().remove(0);
     g.throughput(criterion::Throughput::Elements(1));
     g.bench_function("program_only", |b| b.iter(|| m.program.run(black_box(&one)).unwrap().len()));
+    // The same program on jaq alone (what runs when the fast path hands over).
+    g.bench_function("program_only_on_jaq", |b| b.iter(|| m.program.run_jaq(black_box(&one)).unwrap().len()));
     g.bench_function("validate_only", |b| b.iter(|| m.target.validate(black_box(&out)).len()));
     g.finish();
 }

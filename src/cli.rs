@@ -320,7 +320,13 @@ fn translate(dir: &Path, id: &str, file: Option<&Path>) -> ExitCode {
         }
     };
     let out = m.translate(&input);
-    println!("{}", serde_json::to_string_pretty(&out.output).unwrap_or_default());
+    // One write (stdout is line-buffered: a pretty-printed page would be a write per line).
+    let mut text = serde_json::to_string_pretty(&out.output).unwrap_or_default();
+    text.push('\n');
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        eprintln!("error: cannot write the output: {e}");
+        return ExitCode::from(2);
+    }
     if out.reasons.is_empty() {
         eprintln!("valid: {} record(s) of {}", out.records, m.target.describe());
         ExitCode::SUCCESS
