@@ -355,6 +355,9 @@ fn test_mappings(dir: &Path, only: &[String], update: bool) -> ExitCode {
     let (mut samples, mut failed, mut tested) = (0, 0, 0);
     for m in mappings.iter().filter(|m| only.is_empty() || only.contains(&m.id)) {
         tested += 1;
+        if let Some(why) = m.program.not_fast() {
+            println!("note  {}: runs on jaq only, not the fast path ({why}); see docs/translation.md", m.id);
+        }
         if m.samples.is_empty() {
             println!("warn  {}: no samples (add `samples:` to {})", m.id, m.origin.file.display());
             continue;

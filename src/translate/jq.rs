@@ -1,4 +1,5 @@
-//! jq programs, compiled once at config load with jaq and run per vendor record.
+//! jq programs, compiled once at config load with jaq and run per vendor record (on the fast path
+//! of [`super::fast`] when the program and the record allow, on jaq otherwise).
 //!
 //! Mapping programs run inside the gateway on vendor input, so compiling also refuses what could
 //! hurt it: functions that read the process environment or other inputs (`env`, `$ENV`, `input`,

@@ -43,6 +43,8 @@ pub fn run(m: &Mapping) -> Vec<SampleResult> {
                 Err(e) => return fail(e),
             };
             let out = m.translate(&input);
+            let mut problems = out.reasons;
+            problems.extend(engines_disagree(m, &input));
             let diff = match read_json(&s.expected) {
                 Ok(expected) => {
                     let mut d = Vec::new();
@@ -51,15 +53,37 @@ pub fn run(m: &Mapping) -> Vec<SampleResult> {
                 }
                 Err(e) => vec![e],
             };
-            SampleResult {
-                input: s.input.clone(),
-                records: out.records,
-                problems: out.reasons,
-                diff,
-                output: out.output,
-            }
+            SampleResult { input: s.input.clone(), records: out.records, problems, diff, output: out.output }
         })
         .collect()
+}
+
+/// Records on which the fast path answers differently from jaq (a bug in the gateway, never in
+/// the mapping): checked on every sample, so `interlock test` catches it before a deployment does.
+fn engines_disagree(m: &Mapping, input: &Value) -> Vec<String> {
+    let records: Vec<&Value> = match &m.each {
+        None => vec![input],
+        Some(path) => {
+            let mut at = input;
+            for seg in path {
+                at = at.get(seg).unwrap_or(&Value::Null);
+            }
+            at.as_array().map(|a| a.iter().collect()).unwrap_or_default()
+        }
+    };
+    let mut out = Vec::new();
+    for (i, r) in records.into_iter().enumerate() {
+        let Some(fast) = m.program.run_fast(r) else { continue };
+        let jaq = m.program.run_jaq(r);
+        if jaq.as_ref().ok() != Some(&fast) {
+            out.push(format!(
+                "record {i}: the gateway's fast path and jaq disagree (a gateway bug: please report it with this sample); fast path: {}, jaq: {}",
+                Value::from(fast),
+                jaq.map_or_else(|e| e, |v| Value::from(v).to_string())
+            ));
+        }
+    }
+    out
 }
 
 fn read_json(p: &std::path::Path) -> Result<Value, String> {
