@@ -462,7 +462,6 @@ enum F1 {
 }
 
 fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
-    let f0 = f;
     let v = x.val();
     let s = |s: String| Ok(V::own(Value::String(s)));
     let n = |i: i64| Ok(V::own(Value::from(i)));
@@ -501,11 +500,11 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
         F0::Floor | F0::Round | F0::Ceil => match v {
             Value::Number(m) => match number(m)? {
                 N::I(_) => Ok(x),
-                N::F(f) => {
-                    let r = match f0 {
-                        F0::Floor => f.floor(),
-                        F0::Ceil => f.ceil(),
-                        _ => f.round(),
+                N::F(y) => {
+                    let r = match f {
+                        F0::Floor => y.floor(),
+                        F0::Ceil => y.ceil(),
+                        _ => y.round(),
                     };
                     if r.is_finite() && (i64::MIN as f64..=i64::MAX as f64).contains(&r) {
                         n(r as i64)
@@ -851,9 +850,13 @@ fn with<'s, 't>(scope: &Scope<'s, 't>, bound: Bound<'s, 't>) -> Scope<'s, 't> {
 /// Most terms one program may expand to (definitions are expanded at every call).
 const MAX_TERMS: usize = 200_000;
 
+/// Deepest nesting of terms (evaluation recurses once per level, on a blocking thread's stack).
+const MAX_DEPTH: usize = 100;
+
 struct Compiler {
     slots: usize,
     terms: usize,
+    depth: usize,
 }
 
 /// Why a program is not on the fast path (for tests and debugging).
@@ -904,6 +907,16 @@ impl Compiler {
         if self.terms > MAX_TERMS {
             return Err("the program expands to too many terms".into());
         }
+        if self.depth >= MAX_DEPTH {
+            return Err("the program nests too deeply".into());
+        }
+        self.depth += 1;
+        let out = self.term_at(term, sc);
+        self.depth -= 1;
+        out
+    }
+
+    fn term_at<'s, 't>(&mut self, term: &'t Term<&'s str>, sc: &Scope<'s, 't>) -> Result<T, Unsupported> {
         let b = |c: &mut Self, x: &'t Term<&'s str>| c.term(x, sc).map(Box::new);
         Ok(t(match term {
             Term::Id => Node::Id,
@@ -1260,7 +1273,7 @@ impl Fast {
             sc = with(&sc, Bound::Def(d, sc.clone()));
         }
         let (d, defined) = found.ok_or("no main definition")?;
-        let mut c = Compiler { slots: 0, terms: 0 };
+        let mut c = Compiler { slots: 0, terms: 0, depth: 0 };
         let root = c.expand(d, &[], &None, &defined)?;
         Ok(Fast { root, slots: c.slots })
     }
@@ -2006,6 +2019,23 @@ mod differential {
             let p = Program::compile(code).unwrap();
             let not = p.not_fast().unwrap_or_else(|| panic!("{code} is on the fast path"));
             assert!(not.contains(why), "{code}: {not}");
+        }
+        // Programs too large or too deep once definitions are expanded stay on jaq, and still run.
+        let mut doubling = String::from("def f0: 1; ");
+        for i in 1..=20 {
+            doubling.push_str(&format!("def f{i}: f{}, f{}; ", i - 1, i - 1));
+        }
+        doubling.push_str("[f20] | length");
+        let deep = format!("{}1{}", "[".repeat(150), "]".repeat(150));
+        for (code, why, out) in
+            [(doubling.as_str(), "too many terms", json!(1 << 20)), (deep.as_str(), "too deeply", Value::Null)]
+        {
+            let p = Program::compile(code).unwrap();
+            assert!(p.not_fast().is_some_and(|n| n.contains(why)), "{:?}", p.not_fast());
+            let got = p.run(&json!(null)).unwrap();
+            if !out.is_null() {
+                assert_eq!(got, vec![out]);
+            }
         }
     }
 }
