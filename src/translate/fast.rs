@@ -1691,12 +1691,11 @@ mod tests {
         at.as_array().cloned().unwrap_or_default()
     }
 
-    /// Damaged copies of a record: each top-level field removed, nulled, or of another type.
+    /// Damaged copies of a record: each field (top level, and one level down) removed, nulled, or
+    /// of another type.
     fn damaged(record: &Value) -> Vec<Value> {
-        let mut out = Vec::new();
-        let Some(m) = record.as_object() else { return out };
-        for k in m.keys() {
-            for replacement in [
+        let replacements = || {
+            [
                 None,
                 Some(json!(null)),
                 Some(json!("x")),
@@ -1705,7 +1704,12 @@ mod tests {
                 Some(json!({})),
                 Some(json!([1, "a"])),
                 Some(json!(true)),
-            ] {
+            ]
+        };
+        let mut out = Vec::new();
+        let Some(m) = record.as_object() else { return out };
+        for (k, v) in m {
+            for replacement in replacements() {
                 let mut r = record.clone();
                 match replacement {
                     None => {
@@ -1714,6 +1718,21 @@ mod tests {
                     Some(v) => r[k.as_str()] = v,
                 }
                 out.push(r);
+            }
+            for inner in v.as_object().map(|o| o.keys().collect::<Vec<_>>()).unwrap_or_default() {
+                for replacement in replacements() {
+                    let mut r = record.clone();
+                    let o = r[k.as_str()].as_object_mut().unwrap();
+                    match replacement {
+                        None => {
+                            o.remove(inner);
+                        }
+                        Some(v) => {
+                            o.insert(inner.clone(), v);
+                        }
+                    }
+                    out.push(r);
+                }
             }
         }
         out
