@@ -666,7 +666,7 @@ fn f1<'a>(f: F1, x: V<'a>, a: &V<'a>) -> Result<V<'a>, Stop> {
         (F1::LtrimStr | F1::RtrimStr, _, _) => Err(bail()),
         (F1::Has, Value::Object(m), Value::String(k)) => b(m.contains_key(k)),
         (F1::Has, Value::Array(l), Value::Number(n)) => match number(n)? {
-            N::I(i) => b(i >= 0 && (i as usize) < l.len()),
+            N::I(i) => b(position(l.len(), i).is_some()),
             N::F(_) => Err(bail()),
         },
         (F1::Has, _, _) => Err(bail()),
@@ -1910,6 +1910,9 @@ mod differential {
         ".s | rtrimstr(\",c\")",
         "has(\"a\")",
         ".l | has(2)",
+        ".l | has(-1)",
+        ".l | has(-9)",
+        "[] | has(-1)",
         "[1, 2, 3] - [2]",
         "{a: 1} + {b: 2}",
         "{a: 1} + null",
