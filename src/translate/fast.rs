@@ -738,7 +738,8 @@ struct T {
 #[derive(Debug)]
 enum Node {
     Id,
-    /// A literal: a number, a string, null, a boolean or `[]` (literal objects are `Obj`).
+    /// A literal: a number, a string, null, a boolean, `[]`, or a literal list or object of at
+    /// least two entries (which jaq holds in key order too).
     Lit(Value),
     /// String interpolation: literal text and terms (all one-output).
     Str(Vec<Piece>),
@@ -917,6 +918,11 @@ impl Compiler {
     }
 
     fn term_at<'s, 't>(&mut self, term: &'t Term<&'s str>, sc: &Scope<'s, 't>) -> Result<T, Unsupported> {
+        // Literal lists and objects: one value, as jaq gets them (`super::jq::fold_constants`
+        // gives jaq the same value, its objects in key order, like the record's).
+        if let Some(v) = super::jq::constant(term) {
+            return Ok(t(Node::Lit(v)));
+        }
         let b = |c: &mut Self, x: &'t Term<&'s str>| c.term(x, sc).map(Box::new);
         Ok(t(match term {
             Term::Id => Node::Id,

@@ -238,11 +238,119 @@ fn check_safety(code: &str) -> Vec<CompileError> {
     out
 }
 
+/// Deepest nesting a program may have: brackets, and terms within terms (a chain of `|` nests
+/// too). jaq parses, compiles and runs programs recursively, so a program nested thousands deep
+/// would exhaust a thread's stack; mappings nest a few dozen deep.
+const MAX_NESTING: usize = 256;
+
+/// Most `|` and `,` within one pair of brackets (the parser recurses along such a chain; see
+/// [`COMPILE_STACK`]).
+const MAX_CHAIN: usize = 50_000;
+
+/// The stack programs are compiled on: the parser, the compilers and the rewriting passes recurse
+/// along a chain of `|` or `,` (about 500 bytes a step), so a long literal list needs more than
+/// the 2 MiB of a worker thread. Only the pages used are ever touched.
+const COMPILE_STACK: usize = 64 << 20;
+
+/// Refuses programs nested deeper than [`MAX_NESTING`]: brackets by a scan of the text (before
+/// the parser recurses into them), then terms within terms, iteratively, on the parsed program.
+fn check_nesting(code: &str) -> Result<(), CompileError> {
+    let too_deep = |at: usize| {
+        CompileError {
+        line: code[..at].matches('\n').count() + 1,
+        message: format!(
+            "the program nests deeper than {MAX_NESTING} levels (brackets, or a long chain of `|`): split it into definitions"
+        ),
+    }
+    };
+    // Brackets, skipping strings and comments; `\(...)` inside a string is code again. The
+    // parser also recurses along a chain of `|` or `,`: their number within one pair of brackets
+    // is bounded too (generously: long literal lists are fine).
+    let (mut depth, mut in_string) = (0usize, false);
+    let mut chain: Vec<usize> = vec![0];
+    let mut interpolations: Vec<usize> = Vec::new();
+    let mut chars = code.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if in_string {
+            match c {
+                '\\' if chars.peek().is_some_and(|(_, n)| *n == '(') => {
+                    chars.next();
+                    in_string = false;
+                    depth += 1;
+                    chain.push(0);
+                    interpolations.push(depth);
+                }
+                '\\' => {
+                    chars.next();
+                }
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '#' => {
+                for (_, n) in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+            }
+            '"' => in_string = true,
+            '(' | '[' | '{' => {
+                depth += 1;
+                chain.push(0);
+                if depth > MAX_NESTING {
+                    return Err(too_deep(at));
+                }
+            }
+            ')' | ']' | '}' => {
+                if c == ')' && interpolations.last() == Some(&depth) {
+                    interpolations.pop();
+                    in_string = true;
+                }
+                depth = depth.saturating_sub(1);
+                if chain.len() > 1 {
+                    chain.pop();
+                }
+            }
+            '|' | ',' => {
+                if let Some(n) = chain.last_mut() {
+                    *n += 1;
+                    if *n > MAX_CHAIN {
+                        return Err(CompileError {
+                            line: code[..at].matches('\n').count() + 1,
+                            message: format!(
+                                "more than {MAX_CHAIN} `|` or `,` within one pair of brackets: split the program into definitions"
+                            ),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Terms within terms (what the text scan cannot see: `a | b | c ...` nests to the right).
+    // Literal lists and objects do not count: they become constants before anything recurses
+    // into them, so lookup tables may be long.
+    let Some(mut term) = jaq_core::load::parse(code, |p| p.term()) else { return Ok(()) };
+    let mut stack: Vec<(&mut Term<&str>, usize)> = vec![(&mut term, 1)];
+    while let Some((t, d)) = stack.pop() {
+        if d > MAX_NESTING {
+            return Err(too_deep(0));
+        }
+        if constant(t).is_none() {
+            children(t, &mut |c| stack.push((c, d + 1)));
+        }
+    }
+    Ok(())
+}
+
 /// The name the program is compiled under.
 const MAIN: &str = "__interlock_main";
 
 /// A literal list or object (of at least two items, all literals) as JSON text.
-fn constant(t: &Term<&str>) -> Option<Value> {
+pub(super) fn constant(t: &Term<&str>) -> Option<Value> {
     use jaq_core::load::lex::StrPart;
     let scalar = |t: &Term<&str>| -> Option<Value> {
         match t {
@@ -517,11 +625,24 @@ fn prelude(jq_only: bool) -> impl Iterator<Item = jaq_core::load::parse::Def<&'s
 impl Program {
     /// Parses and compiles `code` with jq's standard library (jaq-std, jaq-json).
     pub fn compile(code: &str) -> Result<Program, Vec<CompileError>> {
-        Program::compile_with(code, false)
+        // On a thread of its own, with a stack for long programs (see `COMPILE_STACK`).
+        std::thread::scope(|s| {
+            let compiler = std::thread::Builder::new()
+                .name("interlock-jq".to_owned())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(s, || Program::compile_with(code, false));
+            match compiler {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(vec![CompileError { line: 1, message: "the jq compiler failed on this program".to_owned() }])
+                }),
+                Err(_) => Program::compile_with(code, false),
+            }
+        })
     }
 
     /// `compile`, with the prelude's helpers all in jq (`jq_only`) rather than native.
     fn compile_with(code: &str, jq_only: bool) -> Result<Program, Vec<CompileError>> {
+        check_nesting(code).map_err(|e| vec![e])?;
         let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).chain(prelude(jq_only));
         let natives = super::native::natives().filter(move |f| !jq_only || !super::native::REPLACED.contains(&f.0));
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs()).chain(natives);
@@ -825,6 +946,28 @@ mod tests {
             run("{a: null, b: [{}, [], \"\", {c: [null]}], d: {e: {f: null}}, g: false} | prune", json!(null)),
             json!({"g": false})
         );
+    }
+
+    #[test]
+    fn deep_programs_are_config_errors_and_long_literal_lists_are_fine() {
+        for code in [format!("{}1{}", "[".repeat(300), "]".repeat(300)), ". | ".repeat(300) + "1"] {
+            let e = errors(&code);
+            assert!(e.iter().any(|m| m.contains("nests deeper than 256")), "{e:?}");
+        }
+        let e = errors(&format!(".a |\n{}", ", 1".repeat(60_000)));
+        assert!(e.iter().any(|m| m.starts_with("2: ") && m.contains("more than 50000")), "{e:?}");
+        // Brackets inside strings are text; interpolations are code.
+        let text = format!("\"{}\" | \"\\(.a) {}\"", "[".repeat(300), "(".repeat(300));
+        assert!(Program::compile(&text).is_ok());
+        assert_eq!(
+            Program::compile("\"x\\([.a, [.b]] | length)y\"").unwrap().run(&serde_json::json!({})).unwrap(),
+            vec![serde_json::json!("x2y")]
+        );
+        // A lookup table of 5,000 entries: a constant, on the fast path.
+        let list: Vec<String> = (0..5000).map(|i| format!("\"k{i}\"")).collect();
+        let p = Program::compile(&format!("[{}] | index([\"k4999\"])", list.join(", "))).unwrap();
+        assert_eq!(p.not_fast(), None);
+        assert_eq!(p.run(&serde_json::json!(null)).unwrap(), vec![serde_json::json!(4999)]);
     }
 
     #[test]
