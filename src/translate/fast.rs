@@ -65,6 +65,13 @@ enum V<'a> {
 }
 
 static NULL: Value = Value::Null;
+static TRUE: Value = Value::Bool(true);
+static FALSE: Value = Value::Bool(false);
+
+/// A boolean, without an allocation.
+fn boolean(b: bool) -> V<'static> {
+    V::In(if b { &TRUE } else { &FALSE })
+}
 
 impl<'a> V<'a> {
     fn own(v: Value) -> Self {
@@ -466,7 +473,7 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
     let s = |s: String| Ok(V::own(Value::String(s)));
     let n = |i: i64| Ok(V::own(Value::from(i)));
     match f {
-        F0::Not => Ok(V::own(Value::Bool(!x.truthy()))),
+        F0::Not => Ok(boolean(!x.truthy())),
         F0::Length => match v {
             Value::Null => n(0),
             Value::Bool(_) => Err(Stop::Err),
@@ -599,7 +606,7 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
                 }
             }
         }
-        F0::Bool => Ok(native::bool_scalar(&scalar(v)).map_or(V::In(&NULL), |b| V::own(Value::Bool(b)))),
+        F0::Bool => Ok(native::bool_scalar(&scalar(v)).map_or(V::In(&NULL), |b| boolean(b))),
         F0::SeverityId => n(native::severity_scalar(&scalar(v))),
         F0::ScoreSeverityId => {
             let f = match v {
@@ -630,13 +637,19 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
             }
             Ok(best.map_or(V::In(&NULL), |b| V::own(b.clone())))
         }
-        F0::Prune => Ok(if has_empty_inside(v) { V::own(prune(v)) } else { x }),
+        F0::Prune if !has_empty_inside(v) => Ok(x),
+        F0::Prune => {
+            // In place: what the program built is usually held once, so nothing is copied.
+            let mut v = x.into_value();
+            prune(&mut v);
+            Ok(V::own(v))
+        }
     }
 }
 
 fn f1<'a>(f: F1, x: V<'a>, a: &V<'a>) -> Result<V<'a>, Stop> {
     let s = |s: String| Ok(V::own(Value::String(s)));
-    let b = |b: bool| Ok(V::own(Value::Bool(b)));
+    let b = |b: bool| Ok(boolean(b));
     match (f, x.val(), a.val()) {
         (F1::StartsWith, Value::String(t), Value::String(p)) => b(t.starts_with(p.as_str())),
         (F1::EndsWith, Value::String(t), Value::String(p)) => b(t.ends_with(p.as_str())),
@@ -717,14 +730,18 @@ fn has_empty_inside(v: &Value) -> bool {
     }
 }
 
-/// `prune` (see `native::prune`).
-fn prune(v: &Value) -> Value {
+/// `prune` (see `native::prune`), in place.
+fn prune(v: &mut Value) {
     match v {
-        Value::Object(m) => {
-            Value::Object(m.iter().map(|(k, v)| (k.clone(), prune(v))).filter(|(_, v)| !is_empty(v)).collect())
-        }
-        Value::Array(a) => Value::Array(a.iter().map(prune).filter(|v| !is_empty(v)).collect()),
-        other => other.clone(),
+        Value::Object(m) => m.retain(|_, x| {
+            prune(x);
+            !is_empty(x)
+        }),
+        Value::Array(a) => a.retain_mut(|x| {
+            prune(x);
+            !is_empty(x)
+        }),
+        _ => {}
     }
 }
 
@@ -1370,7 +1387,7 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
         Node::Logic(a, or, b) => {
             let l = one(a, env, x.clone())?.truthy();
             let v = if l == *or { *or } else { one(b, env, x)?.truthy() };
-            Ok(V::own(Value::Bool(v)))
+            Ok(boolean(v))
         }
         Node::Math(a, op, b) => {
             let l = one(a, env, x.clone())?;
@@ -1380,7 +1397,7 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
         Node::Cmp(a, op, b) => {
             let l = one(a, env, x.clone())?;
             let r = one(b, env, x)?;
-            compare(op, l.val(), r.val()).map(|b| V::own(Value::Bool(b)))
+            compare(op, l.val(), r.val()).map(|b| boolean(b))
         }
         Node::Alt(a, b) => {
             let l = one(a, env, x.clone())?;
@@ -1455,7 +1472,7 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
             f1(*f, x, &arg)
         }
         Node::Test(re) => match x.val() {
-            Value::String(s) => Ok(V::own(Value::Bool(re.is_match(s.as_bytes())))),
+            Value::String(s) => Ok(boolean(re.is_match(s.as_bytes()))),
             _ => Err(Stop::Err),
         },
         Node::Sub(re, with, global) => {
@@ -1606,9 +1623,9 @@ fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
         }),
         Node::Logic(a, or, b) => eval(a, env, x.clone(), &mut |env, l| {
             if l.truthy() == *or {
-                out(env, V::own(Value::Bool(*or)))
+                out(env, boolean(*or))
             } else {
-                eval(b, env, x.clone(), &mut |env, r| out(env, V::own(Value::Bool(r.truthy()))))
+                eval(b, env, x.clone(), &mut |env, r| out(env, boolean(r.truthy())))
             }
         }),
         Node::Obj(kvs) => object(kvs, 0, env, &x, Map::new(), out),
@@ -1626,7 +1643,7 @@ fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
         Node::Cmp(a, op, b) => eval(a, env, x.clone(), &mut |env, l| {
             eval(b, env, x.clone(), &mut |env, r| {
                 let v = compare(op, l.val(), r.val())?;
-                out(env, V::own(Value::Bool(v)))
+                out(env, boolean(v))
             })
         }),
         Node::Neg(_) | Node::Assign(..) | Node::Update(..) => Err(bail()),
