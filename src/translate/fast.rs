@@ -606,7 +606,7 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
                 }
             }
         }
-        F0::Bool => Ok(native::bool_scalar(&scalar(v)).map_or(V::In(&NULL), |b| boolean(b))),
+        F0::Bool => Ok(native::bool_scalar(&scalar(v)).map_or(V::In(&NULL), boolean)),
         F0::SeverityId => n(native::severity_scalar(&scalar(v))),
         F0::ScoreSeverityId => {
             let f = match v {
@@ -1397,7 +1397,7 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
         Node::Cmp(a, op, b) => {
             let l = one(a, env, x.clone())?;
             let r = one(b, env, x)?;
-            compare(op, l.val(), r.val()).map(|b| boolean(b))
+            compare(op, l.val(), r.val()).map(boolean)
         }
         Node::Alt(a, b) => {
             let l = one(a, env, x.clone())?;
