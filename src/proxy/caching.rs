@@ -31,6 +31,13 @@ pub struct Caching {
     stale: Option<Arc<Entry>>,
 }
 
+impl Caching {
+    /// Whether other requests wait on this one's answer (it leads the fetch of the miss).
+    pub fn leads(&self) -> bool {
+        self.flight.is_some()
+    }
+}
+
 /// Either an answer from the cache, or what the request must do to fill it.
 pub enum Lookup {
     /// Answered from the cache (or with the failure the coalesced fetch met).

@@ -58,7 +58,7 @@ pub struct ConnInfo {
 }
 
 /// Serves one request on `snap` (loaded by the caller for this request only).
-pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ObservedBody> {
+pub async fn handle(snap: Arc<Snapshot>, conn: &Arc<ConnInfo>, req: Request<Incoming>) -> Response<ObservedBody> {
     let gw = &snap.config.gateway;
     // The id is settled first so that every answer, including errors, carries it.
     let request_id = match req.headers().get(&gw.request_id_header) {
@@ -79,12 +79,15 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let mut record = RequestRecord::start(conn.telemetry.clone(), &req, conn.scheme, id, trace_id, span);
     record.facts.client_ip = Some(conn.peer.ip().to_canonical());
     let method = req.method().clone();
-    let mut fill = None;
-    let outcome = forward(&snap, conn, req, &request_id, &mut record, &mut fill).await;
-    // A cache miss this request led: store the answer, tell the requests that waited on it.
-    let outcome = match fill {
-        Some(c) => caching::finish(&snap, c, outcome, &mut record).await,
-        None => outcome,
+    let outcome = match forward(&snap, conn, req, &request_id, &mut record).await {
+        Forwarded::Done(outcome) => outcome,
+        // A cache miss other requests wait on: the vendor call and the cache fill run on their own
+        // task, so that this client going away costs the waiting ones nothing.
+        Forwarded::Leading(sending, caching) => {
+            let (out, back) = lead_fill(snap.clone(), conn.clone(), sending, caching, request_id.clone(), record).await;
+            record = back;
+            out
+        }
     };
     let mut res = match outcome {
         Ok(res) => res,
@@ -111,15 +114,109 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     res.map(|b| ObservedBody::new(b, record))
 }
 
+/// What [`forward`] leaves to its caller.
+enum Forwarded {
+    /// The answer (or the failure) for this request.
+    Done(Result<Response<ResponseBody>, GatewayError>),
+    /// This request leads the fetch of a cache miss: the caller runs it with [`lead_fill`].
+    Leading(Box<Sending>, caching::Caching),
+}
+
+/// A request that has passed every check, ready for the vendor.
+struct Sending {
+    req: Request<Incoming>,
+    /// Index of the route in the snapshot.
+    route: usize,
+    caller: Option<crate::identity::Caller>,
+    /// Index of the upstream credential the caller uses.
+    credential: Option<usize>,
+    host: String,
+    upgrading: bool,
+    /// The body, when a body-keyed cache lookup has read it.
+    body_read: Option<bytes::Bytes>,
+    /// The upstream path (rewritten when the route says so), before the endpoint's base path.
+    rest: String,
+}
+
+/// Runs the vendor call of a cache miss other requests wait on, and stores its answer, on a task of
+/// its own. If this request's client goes away meanwhile, the task carries on for up to the
+/// route's `timeout`, so the waiting requests still get the answer (and the record of this request,
+/// 499, is written when the task ends); past that, it gives up and the waiting requests try again.
+async fn lead_fill(
+    snap: Arc<Snapshot>,
+    conn: Arc<ConnInfo>,
+    sending: Box<Sending>,
+    caching: caching::Caching,
+    request_id: HeaderValue,
+    mut record: RequestRecord,
+) -> (Result<Response<ResponseBody>, GatewayError>, RequestRecord) {
+    let grace = snap.config.routes[sending.route].timeout;
+    // Never sent on: the receiver learns of the client going away when this future is dropped.
+    let (_present, gone) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let work = async {
+            let out = send(&snap, &conn, *sending, &request_id, &mut record).await;
+            caching::finish(&snap, caching, out, &mut record).await
+        };
+        let abandoned = async {
+            let _ = gone.await;
+            tokio::time::sleep(grace).await;
+        };
+        let out = tokio::select! {
+            out = work => out,
+            () = abandoned => Err(GatewayError::RequestTimeout(grace)),
+        };
+        (out, record)
+    });
+    match task.await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down, and this future with it.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// Checks, routes and forwards one request. Every refusal happens before the upstream is contacted.
 async fn forward(
     snap: &Snapshot,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     request_id: &HeaderValue,
     record: &mut RequestRecord,
-    fill: &mut Option<caching::Caching>,
-) -> Result<Response<ResponseBody>, GatewayError> {
+) -> Forwarded {
+    let (sending, fill) = match check(snap, conn, req, record).await {
+        Ok(Checked::Answer(res)) => return Forwarded::Done(Ok(res)),
+        Ok(Checked::Send(sending, fill)) => (sending, fill),
+        Err(e) => return Forwarded::Done(Err(e)),
+    };
+    match fill {
+        Some(c) if c.leads() => Forwarded::Leading(Box::new(sending), c),
+        // A miss no other request waits on (a bypass, or an answer that could not be shared).
+        Some(c) => {
+            let out = send(snap, conn, sending, request_id, record).await;
+            Forwarded::Done(caching::finish(snap, c, out, record).await)
+        }
+        None => Forwarded::Done(send(snap, conn, sending, request_id, record).await),
+    }
+}
+
+/// What the checks decided.
+#[allow(clippy::large_enum_variant)] // made once per request and moved once: boxing would allocate
+enum Checked {
+    /// Answered without the vendor (from the cache).
+    Answer(Response<ResponseBody>),
+    /// To be sent, filling the cache when a miss is given.
+    Send(Sending, Option<caching::Caching>),
+}
+
+/// Steps 1 to 10a: every check of the request, routing and the cache lookup. Every refusal
+/// happens here, before the upstream is contacted.
+async fn check(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    record: &mut RequestRecord,
+) -> Result<Checked, GatewayError> {
     let gw = &snap.config.gateway;
     // 1. Framing the sniffer saw on the wire (HTTP/1 only; HTTP/2 frames are unambiguous).
     if req.version() < Version::HTTP_2 {
@@ -251,6 +348,7 @@ async fn forward(
     //      drawn on (a hit spends none). Concurrent misses wait for one vendor call.
     // A body-keyed lookup (POST) reads the body here: it is part of the key, then sent as read.
     let mut body_read: Option<bytes::Bytes> = None;
+    let mut fill = None;
     let cache_policy = route
         .cache
         .as_ref()
@@ -292,10 +390,36 @@ async fn forward(
         )
         .await
         {
-            caching::Lookup::Answer(a) => return a,
-            caching::Lookup::Fetch(c) => *fill = Some(c),
+            caching::Lookup::Answer(a) => return a.map(Checked::Answer),
+            caching::Lookup::Fetch(c) => fill = Some(c),
         }
     }
+    let sending = Sending {
+        rest: target_rest(route, &m, &path),
+        route: m.route,
+        credential: credential.and_then(|c| upstream.credentials.iter().position(|x| std::ptr::eq(x, c))),
+        caller,
+        host,
+        upgrading,
+        body_read,
+        req,
+    };
+    Ok(Checked::Send(sending, fill))
+}
+
+/// Steps 10b to 16: rate limits and quotas, the upstream request, its attempts, and the response.
+async fn send(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    sending: Sending,
+    request_id: &HeaderValue,
+    record: &mut RequestRecord,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let Sending { mut req, route, caller, credential, host, upgrading, body_read, rest } = sending;
+    let gw = &snap.config.gateway;
+    let route = &snap.config.routes[route];
+    let upstream = &snap.config.upstreams[route.upstream];
+    let credential = credential.and_then(|i| upstream.credentials.get(i));
     // 10b. Rate limits: the route's own (per caller, total), then the vendor account's quota. A
     //      queued request waits here; if the client goes away meanwhile, its place is given back.
     let admitted = limit(snap, route, upstream, caller.as_ref(), credential, conn).await?;
@@ -312,7 +436,6 @@ async fn forward(
     };
     // 11. The target: each attempt's endpoint + its base path, then the (rewritten) path and the
     //     original query, with a query-parameter credential added.
-    let rest = target_rest(route, &m, &path);
     let mut query = req.uri().query().map(str::to_owned);
     if let Some(Injection::Query { param, value }) = credential.map(|c| &c.injection) {
         query = Some(crate::credentials::inject_query(query.as_deref(), param, value.expose()));

@@ -157,6 +157,84 @@ async fn fifty_concurrent_cold_requests_make_one_vendor_call() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_leading_client_that_leaves_still_fills_the_cache_for_those_waiting() {
+    let v = Vendor::start().await;
+    let gw = Arc::new(Running::start(policies(&v, "    ttl: 1m\n    shared: true\n")).await);
+    // The first client leads the miss (the vendor takes 300 ms) and hangs up after 100 ms.
+    let leaving = tokio::spawn({
+        let addr = gw.addr;
+        let head = format!("GET /slow/files/left HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\n\r\n", KEYS[0].1);
+        async move { raw(addr, head.as_bytes(), Duration::from_millis(100)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    // The second waits on that same vendor call...
+    let (status, h, body) = as_caller(&gw, "tenant-a-siem", "/slow/files/left", &[]).await;
+    assert_eq!(leaving.await.unwrap(), "", "the first client left before any answer");
+    // ...and gets its answer: no second vendor call.
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(cache_header(&h), "coalesced", "{body}");
+    assert!(body.contains("\"call\":1"), "{body}");
+    assert_eq!(v.calls("/slow/files/left").len(), 1);
+    let (_, h, _) = as_caller(&gw, "tenant-a-soar", "/slow/files/left", &[]).await;
+    assert_eq!(cache_header(&h), "hit", "the answer was stored");
+    // The request that left is recorded once, as a client that went away (499).
+    let (_, _, metrics) = get(&format!("http://{}/metrics", gw.admin)).await;
+    let gone = "interlock_requests_total{route=\"lookups\",caller=\"tenant-a-soar\",upstream=\"v\",status=\"4xx\"} 1";
+    assert!(metrics.lines().any(|l| l == gone), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_fill_gives_up_after_the_route_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A vendor that sends its head at once, then a byte every 50 ms of a 1,000-byte body, and
+    // notes when the gateway hangs up on it.
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let (calls, hung_up) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    tokio::spawn({
+        let (calls, hung_up) = (calls.clone(), hung_up.clone());
+        async move {
+            loop {
+                let Ok((mut s, _)) = tcp.accept().await else { continue };
+                let (calls, hung_up) = (calls.clone(), hung_up.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ncache-control: max-age=60\r\n\r\n";
+                    let mut ok = s.write_all(head.as_bytes()).await.is_ok();
+                    while ok {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        ok = s.write_all(b"x").await.is_ok() && s.flush().await.is_ok();
+                    }
+                    hung_up.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        }
+    });
+    let p = Policies::new("");
+    p.callers_with_keys(&KEYS, "tools");
+    p.upstream("v", addr, "", "");
+    p.write(
+        "routes/r.yaml",
+        "- id: trickle\n  match:\n    path: /**\n  upstream: v\n  allow: [group:tools]\n  timeout: 300ms\n  cache:\n    ttl: 1m\n    shared: true\n",
+    );
+    let gw = Running::start(p).await;
+    let head = format!("GET /t HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\n\r\n", KEYS[0].1);
+    // The leading client leaves after 100 ms; the fill goes on alone for the route's 300 ms, then
+    // gives up and hangs up on the vendor (the body would take 50 s).
+    assert_eq!(raw(gw.addr, head.as_bytes(), Duration::from_millis(100)).await, "");
+    wait_until("the abandoned fill hangs up on the vendor", Duration::from_secs(3), || {
+        hung_up.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Nothing was stored: the next request asks the vendor again.
+    assert_eq!(raw(gw.addr, head.as_bytes(), Duration::from_millis(100)).await, "");
+    wait_until("a second vendor call", Duration::from_secs(3), || calls.load(Ordering::SeqCst) == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn answers_never_cross_credential_scopes_or_unshared_callers() {
     let v = Vendor::start().await;
     // Shared between callers of one vendor account, never across accounts.
