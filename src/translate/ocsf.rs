@@ -311,7 +311,40 @@ pub fn compile(root: &Path, classes: &[&str]) -> Result<Schema, String> {
         let shape = shape_of(attrs, &constraints, &mut pending);
         schema.objects.insert(obj, shape);
     }
+    // `observable.type_id` lists only 0 and 99 in its own file: the schema declares each observable
+    // type where the observed thing is defined (`"observable": 2` on `ip_t`, 21 on the `user`
+    // object...), and the schema server gathers them into the enum. So does this.
+    if let Some(type_id) = schema.objects.get_mut("observable").and_then(|o| o.attrs.get_mut("type_id")) {
+        let mut ids = BTreeSet::new();
+        let mut paths = vec![root.join("dictionary.json")];
+        for sub in ["objects", "events", "profiles"] {
+            files(&root.join(sub), &mut paths);
+        }
+        for p in &paths {
+            observable_ids(&read(p)?, &mut ids);
+        }
+        let e = type_id.enumeration.get_or_insert_with(Vec::new);
+        e.extend(ids);
+        e.sort_unstable();
+        e.dedup();
+    }
     Ok(schema)
+}
+
+/// Every `"observable": <id>` in a schema file.
+fn observable_ids(v: &Value, out: &mut BTreeSet<i64>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if let (true, Some(n)) = (k == "observable", x.as_i64()) {
+                    out.insert(n);
+                }
+                observable_ids(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| observable_ids(x, out)),
+        _ => {}
+    }
 }
 
 /// The schema shipped with Interlock (OCSF 1.8.0: the classes its mappings produce).
@@ -346,7 +379,7 @@ impl Schema {
                 out.push(format!("type_uid: {t}, but class_uid * 100 + activity_id = {}", class_uid * 100 + a));
             }
         }
-        self.check_shape(&class.shape, obj, "", &mut out, 0);
+        self.check_shape(&class.shape, obj, At::Root, &mut out, 0);
         out
     }
 
@@ -354,7 +387,7 @@ impl Schema {
         &self,
         shape: &Shape,
         obj: &serde_json::Map<String, Value>,
-        path: &str,
+        path: At<'_>,
         out: &mut Vec<String>,
         depth: usize,
     ) {
@@ -362,66 +395,58 @@ impl Schema {
             out.push(format!("{path}: nested too deeply"));
             return;
         }
-        let at = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
         for (name, attr) in &shape.attrs {
             if attr.required && obj.get(name).is_none_or(Value::is_null) {
-                out.push(format!("{}: required attribute missing", at(name)));
+                out.push(format!("{}: required attribute missing", At::Key(&path, name)));
             }
         }
+        let whole = || if path.is_root() { "event".to_owned() } else { path.to_string() };
         if !shape.at_least_one.is_empty()
             && !shape.at_least_one.iter().any(|k| obj.get(k).is_some_and(|v| !v.is_null()))
         {
-            out.push(format!(
-                "{}: needs at least one of {}",
-                if path.is_empty() { "event" } else { path },
-                shape.at_least_one.join(", ")
-            ));
+            out.push(format!("{}: needs at least one of {}", whole(), shape.at_least_one.join(", ")));
         }
         if !shape.just_one.is_empty()
             && shape.just_one.iter().filter(|k| obj.get(*k).is_some_and(|v| !v.is_null())).count() != 1
         {
-            out.push(format!(
-                "{}: needs exactly one of {}",
-                if path.is_empty() { "event" } else { path },
-                shape.just_one.join(", ")
-            ));
+            out.push(format!("{}: needs exactly one of {}", whole(), shape.just_one.join(", ")));
         }
         for (name, value) in obj {
             if value.is_null() {
                 continue;
             }
+            let p = At::Key(&path, name);
             let attr = match shape.attrs.get(name) {
-                Some(a) => a.clone(),
+                Some(a) => a,
                 None => match name.strip_suffix("_dt").and_then(|base| shape.attrs.get(base)) {
                     // The datetime profile: `time_dt` beside `time`.
                     Some(b)
                         if self.types.get(&b.kind).is_some_and(|t| t.base == "long_t") || b.kind == "timestamp_t" =>
                     {
-                        Attr { kind: "datetime_t".into(), array: false, required: false, enumeration: None }
+                        datetime_attr()
                     }
                     _ => {
-                        out.push(format!("{}: unknown attribute", at(name)));
+                        out.push(format!("{p}: unknown attribute"));
                         continue;
                     }
                 },
             };
-            let p = at(name);
             if attr.array {
                 match value.as_array() {
                     Some(items) => {
                         for (i, item) in items.iter().enumerate() {
-                            self.check_value(&attr, item, &format!("{p}[{i}]"), out, depth);
+                            self.check_value(attr, item, At::Index(&p, i), out, depth);
                         }
                     }
                     None => out.push(format!("{p}: expected an array")),
                 }
             } else {
-                self.check_value(&attr, value, &p, out, depth);
+                self.check_value(attr, value, p, out, depth);
             }
         }
     }
 
-    fn check_value(&self, attr: &Attr, v: &Value, path: &str, out: &mut Vec<String>, depth: usize) {
+    fn check_value(&self, attr: &Attr, v: &Value, path: At<'_>, out: &mut Vec<String>, depth: usize) {
         if attr.kind == "object" {
             if !v.is_object() {
                 out.push(format!("{path}: expected an object"));
@@ -474,6 +499,38 @@ impl Schema {
             }
         }
     }
+}
+
+/// Where in the event a value sits (`actor.user.name`, `observables[2].type_id`), written out
+/// only when a problem is reported: a valid event costs no path strings.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Root,
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl At<'_> {
+    fn is_root(&self) -> bool {
+        matches!(self, At::Root)
+    }
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Root => Ok(()),
+            At::Key(At::Root, k) => f.write_str(k),
+            At::Key(parent, k) => write!(f, "{parent}.{k}"),
+            At::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// The attribute the datetime profile adds beside a timestamp (`time_dt` beside `time`).
+fn datetime_attr() -> &'static Attr {
+    static A: std::sync::OnceLock<Attr> = std::sync::OnceLock::new();
+    A.get_or_init(|| Attr { kind: "datetime_t".into(), array: false, required: false, enumeration: None })
 }
 
 fn join(v: &[i64]) -> String {
@@ -541,5 +598,41 @@ pub fn check_format(kind: &str, s: &str) -> Option<String> {
             (!ok).then(|| format!("`{s}` is not a URL"))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn problems_name_the_attribute_by_its_path() {
+        let event = json!({
+            "class_uid": 2004, "category_uid": 2, "activity_id": 1, "type_uid": 200401,
+            "severity_id": 9, "time": "yesterday", "time_dt": "2026-12-04T10:00:00Z",
+            "metadata": {"product": {"name": "EDR", "vendor_name": "V"}, "version": "1.8.0"},
+            "finding_info": {"uid": "f-1", "title": "t", "renamed_field": 1},
+            "observables": [
+                {"name": "ip", "type_id": 2, "value": "192.0.2.1"},
+                {"name": "host", "type_id": "two", "value": "h"}
+            ],
+            "device": {"type_id": 1, "ip": "not-an-ip"}
+        });
+        let got = super::bundled().validate(&event);
+        for want in [
+            "severity_id: 9 is not one of the defined values",
+            "time: expected timestamp_t (long), got a string",
+            "finding_info.renamed_field: unknown attribute",
+            "observables[1].type_id: expected integer_t (integer), got a string",
+            "device.ip: `not-an-ip` is not an IP address",
+        ] {
+            assert!(got.iter().any(|p| p.starts_with(want)), "no `{want}` in {got:#?}");
+        }
+        assert!(!got.iter().any(|p| p.starts_with("time_dt") || p.starts_with("observables[0]")), "{got:#?}");
+        // Without `metadata`: named at the top level, without a leading dot.
+        let mut bare = event.as_object().unwrap().clone();
+        bare.remove("metadata");
+        let got = super::bundled().validate(&serde_json::Value::Object(bare));
+        assert!(got.iter().any(|p| p == "metadata: required attribute missing"), "{got:#?}");
     }
 }

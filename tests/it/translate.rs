@@ -322,3 +322,38 @@ fn interlock_translate_and_interlock_test_report_what_fails() {
         "{text}"
     );
 }
+
+#[test]
+fn the_bundled_ocsf_schema_is_what_ocsf_compile_makes_of_the_release() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema_dir = root.join("../shared/corpus/ocsf-schema-1.8.0");
+    if !schema_dir.join("version.json").is_file() {
+        eprintln!(
+            "SKIPPED the_bundled_ocsf_schema_is_what_ocsf_compile_makes_of_the_release: no OCSF 1.8.0 schema directory at {}",
+            schema_dir.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ocsf.json");
+    let run = std::process::Command::new(bin())
+        .args(["ocsf", "compile"])
+        .arg(&schema_dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let made = std::fs::read_to_string(&out).unwrap();
+    let bundled = std::fs::read_to_string(root.join("src/translate/data/ocsf-1.8.0.json")).unwrap();
+    assert!(
+        made == bundled,
+        "src/translate/data/ocsf-1.8.0.json is stale: regenerate it with `interlock ocsf compile`"
+    );
+    // Observable types are gathered from where the schema declares them, as the schema server does.
+    let v: serde_json::Value = serde_json::from_str(&made).unwrap();
+    let ids = v.pointer("/objects/observable/attrs/type_id/e").and_then(|e| e.as_array()).unwrap();
+    for id in [0, 1, 2, 20, 21, 99] {
+        assert!(ids.iter().any(|x| x.as_i64() == Some(id)), "observable type_id {id} missing: {ids:?}");
+    }
+}
