@@ -558,7 +558,12 @@ async fn send(
         let mut out = Request::new(out_body);
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
-        *out.headers_mut() = parts.headers.clone();
+        // Kept for another attempt only when one may follow (a retry policy, an OAuth2 re-mint).
+        *out.headers_mut() = if max_attempts > 1 || token_source.is_some() {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         *out.version_mut() = Version::HTTP_11; // the pool picks the wire version
         if let Some(c) = &caller {
             out.extensions_mut().insert(c.clone()); // typed request fact, never an internal header
@@ -662,7 +667,6 @@ async fn send(
         }
         break (outcome?, picked.guard);
     };
-    let _ = max_attempts;
     // 15. A granted upgrade becomes a byte tunnel between the two connections.
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
