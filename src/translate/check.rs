@@ -46,17 +46,22 @@ pub fn ecs(doc: &Value) -> Vec<String> {
     if !obj.contains_key("@timestamp") {
         out.push("@timestamp: required field missing".to_owned());
     }
-    walk_ecs(obj, "", &mut out);
+    walk_ecs(obj, &mut String::with_capacity(64), &mut out);
     out
 }
 
-fn walk_ecs(obj: &serde_json::Map<String, Value>, prefix: &str, out: &mut Vec<String>) {
+/// Checks the fields of `obj`, which sits at `path` (dotted; one buffer for the whole walk).
+fn walk_ecs(obj: &serde_json::Map<String, Value>, path: &mut String, out: &mut Vec<String>) {
     let fields = ecs_fields();
     for (k, v) in obj {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         if v.is_null() {
             continue;
         }
+        let len = path.len();
+        if len > 0 {
+            path.push('.');
+        }
+        path.push_str(k);
         match fields.get(path.as_str()) {
             Some(ty) if matches!(*ty, "object" | "flattened" | "nested") => {
                 if !ecs_type_ok(ty, v) {
@@ -76,10 +81,11 @@ fn walk_ecs(obj: &serde_json::Map<String, Value>, prefix: &str, out: &mut Vec<St
                 }
             }
             None => match v {
-                Value::Object(inner) => walk_ecs(inner, &path, out),
+                Value::Object(inner) => walk_ecs(inner, path, out),
                 _ => out.push(format!("{path}: not an ECS 8.17 field")),
             },
         }
+        path.truncate(len);
     }
 }
 
@@ -250,11 +256,13 @@ mod tests {
     fn ecs_fields_and_types() {
         let good = json!({"@timestamp": "2026-12-03T10:00:00Z", "event": {"kind": "alert", "severity": 73}, "host": {"ip": ["10.0.0.1"]}, "labels": {"x": "y"}});
         assert_eq!(ecs(&good), Vec::<String>::new());
-        let bad = json!({"event": {"severity": "high", "colour": "red"}, "host": {"ip": "not-an-ip"}});
+        let bad = json!({"event": {"severity": "high", "colour": "red"}, "host": {"ip": "not-an-ip", "x": {"y": 1}}, "zz": 1});
         let p = ecs(&bad);
         assert!(p.iter().any(|x| x.starts_with("@timestamp")), "{p:#?}");
         assert!(p.iter().any(|x| x.starts_with("event.severity: expected long")), "{p:#?}");
         assert!(p.iter().any(|x| x.starts_with("event.colour: not an ECS")), "{p:#?}");
         assert!(p.iter().any(|x| x.starts_with("host.ip: expected ip")), "{p:#?}");
+        assert!(p.iter().any(|x| x == "host.x.y: not an ECS 8.17 field"), "{p:#?}");
+        assert!(p.iter().any(|x| x == "zz: not an ECS 8.17 field"), "{p:#?}");
     }
 }
