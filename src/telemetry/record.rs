@@ -298,13 +298,27 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = if month <= 2 { y + 1 } else { y };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    if !(0..=9999).contains(&year) {
+        // Only from a vendor's far-future reset time: the general form.
+        let (h, m, s, ms) = (rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis());
+        return format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z");
+    }
+    // Written digit by digit: this runs once per audited request.
+    fn digits(out: &mut String, n: i64, width: u32, then: char) {
+        for p in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10_i64.pow(p) % 10) as u8));
+        }
+        out.push(then);
+    }
+    let mut out = String::with_capacity(24);
+    digits(&mut out, year, 4, '-');
+    digits(&mut out, month, 2, '-');
+    digits(&mut out, day, 2, 'T');
+    digits(&mut out, rem / 3600, 2, ':');
+    digits(&mut out, rem % 3600 / 60, 2, ':');
+    digits(&mut out, rem % 60, 2, '.');
+    digits(&mut out, i64::from(d.subsec_millis()), 3, 'Z');
+    out
 }
 
 /// The response body with the request's record riding along.
@@ -356,5 +370,9 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-12-03T16:32:22.123Z");
         let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+        let late = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
+        assert_eq!(rfc3339(late), "9999-12-31T23:59:59.999Z");
+        let later = late + std::time::Duration::from_millis(1);
+        assert_eq!(rfc3339(later), "10000-01-01T00:00:00.000Z");
     }
 }
