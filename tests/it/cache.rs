@@ -364,7 +364,7 @@ async fn post_lookups_are_keyed_by_their_canonical_body() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_share_answers_through_redis() {
     if std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_millis(300)).is_err() {
-        eprintln!("SKIPPED replicas_share_answers_through_redis: no Redis on 127.0.0.1:6379 (.ci/run starts one)");
+        skipped("replicas_share_answers_through_redis", "no Redis on 127.0.0.1:6379 (.ci/run starts one)");
         return;
     }
     let v = Vendor::start().await;

@@ -4,14 +4,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{bin, KillOnDrop};
+use crate::support::{bin, skipped, KillOnDrop};
 
 #[test]
 fn demo_starts_and_its_printed_commands_succeed() {
     if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!(
-            "SKIPPED demo_starts_and_its_printed_commands_succeed: `curl` is not installed (.ci/run installs it)"
-        );
+        skipped("demo_starts_and_its_printed_commands_succeed", "`curl` is not installed (.ci/run installs it)");
         return;
     }
     let mut child = KillOnDrop(

@@ -375,7 +375,10 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_gateway_processes_share_one_vendor_quota_through_redis() {
     if !redis_available() {
-        eprintln!("SKIPPED two_gateway_processes_share_one_vendor_quota_through_redis: no Redis on 127.0.0.1:6379 (.ci/run starts one)");
+        skipped(
+            "two_gateway_processes_share_one_vendor_quota_through_redis",
+            "no Redis on 127.0.0.1:6379 (.ci/run starts one)",
+        );
         return;
     }
     let up = Upstream::start().await;
@@ -472,7 +475,10 @@ impl PrivateRedis {
 async fn redis_outage_fails_open_or_closed_as_configured_and_recovers() {
     let port = free_port();
     let Some(mut redis) = PrivateRedis::start(port) else {
-        eprintln!("SKIPPED redis_outage_fails_open_or_closed_as_configured_and_recovers: redis-server is not installed (apt install redis-server)");
+        skipped(
+            "redis_outage_fails_open_or_closed_as_configured_and_recovers",
+            "redis-server is not installed (apt install redis-server)",
+        );
         return;
     };
     let up = Upstream::start().await;

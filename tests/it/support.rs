@@ -337,3 +337,10 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Says that a test skipped itself, and why. Written to the process's stderr directly: the test
+/// harness captures `eprintln!` of passing tests, and a skip must never be silent.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}

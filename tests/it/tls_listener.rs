@@ -341,7 +341,7 @@ async fn revoked_client_certificates_fail_the_handshake() {
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_with_a_client_certificate() {
     if std::process::Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("SKIPPED curl_with_a_client_certificate: `curl` is not installed");
+        skipped("curl_with_a_client_certificate", "`curl` is not installed");
         return;
     }
     let s = setup("required", "").await;

@@ -328,9 +328,9 @@ fn the_bundled_ocsf_schema_is_what_ocsf_compile_makes_of_the_release() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let schema_dir = root.join("../shared/corpus/ocsf-schema-1.8.0");
     if !schema_dir.join("version.json").is_file() {
-        eprintln!(
-            "SKIPPED the_bundled_ocsf_schema_is_what_ocsf_compile_makes_of_the_release: no OCSF 1.8.0 schema directory at {}",
-            schema_dir.display()
+        skipped(
+            "the_bundled_ocsf_schema_is_what_ocsf_compile_makes_of_the_release",
+            &format!("no OCSF 1.8.0 schema directory at {}", schema_dir.display()),
         );
         return;
     }
