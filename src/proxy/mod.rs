@@ -73,8 +73,9 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &Arc<ConnInfo>, req: Request<Inco
         (None, Some(t)) => t.to_owned(),
         (None, None) => new_trace_id(),
     };
-    // The record exists from now on: dropped with this future if the client goes away (499),
-    // otherwise finished when the response body has been sent.
+    // The record exists from now on: dropped with this future if the client goes away (499; for a
+    // cache fill other requests wait on, when that fill ends), otherwise finished when the
+    // response body has been sent.
     let id = request_id.to_str().unwrap_or("").to_owned();
     let mut record = RequestRecord::start(conn.telemetry.clone(), &req, conn.scheme, id, trace_id, span);
     record.facts.client_ip = Some(conn.peer.ip().to_canonical());
