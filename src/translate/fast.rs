@@ -795,6 +795,8 @@ enum Node {
     Update(Vec<String>, Box<T>),
     /// `del(.a.b, .c)`.
     Del(Vec<Vec<String>>),
+    /// `reduce SRC as $x (INIT; UPDATE)`: the slot of `$x`; UPDATE has one output.
+    Reduce(Box<T>, usize, Box<T>, Box<T>),
 }
 
 #[derive(Debug)]
@@ -824,6 +826,8 @@ fn t(node: Node) -> T {
         Str(p) => p.iter().all(|p| matches!(p, Piece::Text(_)) || matches!(p, Piece::Term(t) if t.one)),
         Obj(kvs) => kvs.iter().all(|(k, v)| v.one && (matches!(k, Key::Text(_)) || matches!(k, Key::Term(t) if t.one))),
         Neg(a) | F1(_, a) | Assign(_, a) | Update(_, a) => a.one,
+        // UPDATE has one output (checked when compiling), so one per output of INIT.
+        Reduce(_, _, init, _) => init.one,
         Pipe(a, b) | Bind(a, _, b) | Logic(a, _, b) | Math(a, _, b) | Cmp(a, _, b) | Alt(a, b) => a.one && b.one,
         Ite(c, a, b) => c.one && a.one && b.one,
         Path(h, steps) => {
@@ -1096,7 +1100,23 @@ impl Compiler {
             Term::Str(Some(_), _) => return Err("formatted strings".into()),
             Term::TryCatch(_, Some(_)) => return Err("`catch`".into()),
             Term::Label(..) | Term::Break(_) => return Err("`label`".into()),
-            Term::Fold(..) => return Err("`reduce` / `foreach`".into()),
+            Term::Fold(kind, xs, pattern, args) => {
+                let (Pattern::Var(x), [init, update]) = (pattern, &args[..]) else {
+                    return Err(if *kind == "reduce" { "destructuring patterns" } else { "`foreach`" }.into());
+                };
+                if *kind != "reduce" {
+                    return Err("`foreach`".into());
+                }
+                let src = b(self, xs)?;
+                let init = b(self, init)?;
+                let slot = self.slot();
+                let update = self.term(update, &with(sc, Bound::Var(x, slot)))?;
+                if !update.one {
+                    // jaq folds on from every output of UPDATE (and stops on none): kept on jaq.
+                    return Err("`reduce` with an update of several (or no) outputs".into());
+                }
+                Node::Reduce(src, slot, init, Box::new(update))
+            }
         }))
     }
 
@@ -1438,6 +1458,10 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
             Err(Stop::Err)
         }
         Node::Error(_) => Err(bail()),
+        Node::Reduce(src, slot, init, update) => {
+            let acc = one(init, env, x.clone())?;
+            fold(src, *slot, update, env, x, acc)
+        }
         Node::Map(f) => {
             let mut list = Vec::new();
             for it in x.values()? {
@@ -1567,6 +1591,20 @@ fn del_path(v: &mut Value, keys: &[String]) -> Result<(), Stop> {
     }
 }
 
+/// `reduce`: `update` (one output) applied to `acc` for each output of `src` on `x`, bound to
+/// `slot` in turn, as `src` produces them.
+fn fold<'a>(src: &'a T, slot: usize, update: &'a T, env: &mut Env<'a>, x: V<'a>, acc: V<'a>) -> Result<V<'a>, Stop> {
+    let mut acc = Some(acc);
+    eval(src, env, x, &mut |env, item| {
+        let old = std::mem::replace(&mut env.slots[slot], item);
+        let next = one(update, env, acc.take().ok_or(Stop::Bail)?);
+        env.slots[slot] = old;
+        acc = Some(next?);
+        Ok(())
+    })?;
+    acc.ok_or(Stop::Bail)
+}
+
 /// Every output of `t` on `x`, to `out`.
 fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
     if t.one {
@@ -1587,6 +1625,10 @@ fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
             r
         }),
         Node::Select(c) => eval(c, env, x.clone(), &mut |env, y| if y.truthy() { out(env, x.clone()) } else { Ok(()) }),
+        Node::Reduce(src, slot, init, update) => eval(init, env, x.clone(), &mut |env, acc| {
+            let y = fold(src, *slot, update, env, x.clone(), acc)?;
+            out(env, y)
+        }),
         Node::Try(f) => {
             let mut downstream = None;
             let r = eval(f, env, x, &mut |env, v| {
@@ -2005,6 +2047,19 @@ mod differential {
         "0.5",
         "1.50",
         "1e3",
+        "reduce .[] as $x (0; . + $x)",
+        "reduce .[]? as $x (0; . + 1)",
+        "reduce (.l // [])[] as $x ([]; . + [$x])",
+        "reduce .e[]? as $e ({}; . + {(.key // $e.key): $e.value})",
+        "reduce .e[]? as $e ({}; .[$e.key] = $e.value)",
+        "[reduce (1, 2) as $x (10, 20; . + $x)]",
+        "reduce empty as $x (3; . + 1)",
+        "reduce .[]? as $x (null; $x)",
+        "reduce .[]? as $x (0; if $x == null then . else . + 1 end)",
+        "[.[]? | numbers] | reduce .[] as $n (0; if $n > . then $n else . end)",
+        ".a as $a | reduce (.l // [])[] as $x ($a; [., $x])",
+        "reduce .[]? as $x (0; . + ($x | length))",
+        "[reduce .[]? as $x (0; . + 1), reduce .[]? as $y (1; . * 2)]",
     ];
 
     #[test]
@@ -2051,9 +2106,28 @@ mod differential {
     }
 
     #[test]
+    fn reduce_with_a_one_output_update_is_on_the_fast_path() {
+        let p = Program::compile("reduce .tags[] as $t ({}; . + {($t.key): $t.value}) | length").unwrap();
+        assert_eq!(p.not_fast(), None);
+        // A long source folds without growing the stack, as jaq does.
+        let tags: Vec<Value> = (0..100_000).map(|i| json!({"key": format!("k{i}"), "value": i})).collect();
+        let input = json!({"tags": tags});
+        assert_eq!(p.run_fast(&input), Some(vec![json!(100_000)]));
+        assert_eq!(p.run_jaq(&input).unwrap(), vec![json!(100_000)]);
+        // An update that fails on one item: the whole record goes to jaq, whose error it is.
+        let p = Program::compile("reduce .[] as $x (0; . + $x)").unwrap();
+        assert_eq!(p.run_fast(&json!([1, "a"])), None);
+        assert!(p.run(&json!([1, "a"])).is_err());
+        assert_eq!(p.run(&json!([1, 2, 3])).unwrap(), vec![json!(6)]);
+    }
+
+    #[test]
     fn what_stays_on_jaq() {
         for (code, why) in [
-            ("reduce .[] as $x (0; . + $x)", "reduce"),
+            ("foreach .[] as $x (0; . + $x)", "foreach"),
+            ("reduce .[] as $x (0; ., 1)", "several (or no) outputs"),
+            ("reduce .[] as $x (0; empty)", "several (or no) outputs"),
+            ("reduce .[] as [$a] (0; . + $a)", "destructuring"),
             ("[..]", "`..`"),
             ("try error(\"x\") catch .", "catch"),
             ("[limit(2; .[])]", "limit"),
