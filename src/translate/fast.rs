@@ -797,6 +797,12 @@ enum Node {
     Del(Vec<Vec<String>>),
     /// `reduce SRC as $x (INIT; UPDATE)`: the slot of `$x`; UPDATE has one output.
     Reduce(Box<T>, usize, Box<T>, Box<T>),
+    /// `any(g; cond)` (false) / `all(g; cond)` (true), deciding on the first output that settles
+    /// it, as jaq's `isempty(first(...))` does: nothing after it is evaluated there, so nothing
+    /// after it counts here (`isempty(g)` is `all(g; false)`).
+    AnyAll(Box<T>, Box<T>, bool),
+    /// `first(f)`: the first output of `f`, if any; nothing after it counts.
+    First(Box<T>),
 }
 
 #[derive(Debug)]
@@ -822,7 +828,8 @@ enum Step {
 fn t(node: Node) -> T {
     use Node::*;
     let one = match &node {
-        Id | Lit(_) | Var(_) | Arr(_) | Map(_) | WithEntries(_) | F0(_) | Test(_) | Sub(..) | Del(_) | Error(_) => true,
+        Id | Lit(_) | Var(_) | Arr(_) | Map(_) | WithEntries(_) | F0(_) | Test(_) | Sub(..) | Del(_) | Error(_)
+        | AnyAll(..) => true,
         Str(p) => p.iter().all(|p| matches!(p, Piece::Text(_)) || matches!(p, Piece::Term(t) if t.one)),
         Obj(kvs) => kvs.iter().all(|(k, v)| v.one && (matches!(k, Key::Text(_)) || matches!(k, Key::Term(t) if t.one))),
         Neg(a) | F1(_, a) | Assign(_, a) | Update(_, a) => a.one,
@@ -842,7 +849,7 @@ fn t(node: Node) -> T {
                         }
                 })
         }
-        Comma(..) | Try(_) | Empty | Select(_) => false,
+        Comma(..) | Try(_) | Empty | Select(_) | First(_) => false,
     };
     T { node, one }
 }
@@ -1245,6 +1252,19 @@ impl Compiler {
                 Ok(t(Node::Test(b.build().map_err(|e| e.to_string())?)))
             }
             ("select", [f]) => Ok(t(Node::Select(Box::new(self.term(f, sc)?)))),
+            ("any" | "all", _) if args.len() <= 2 => {
+                let all = name == "all";
+                let (generator, cond) = match args {
+                    [g, c] => (self.term(g, sc)?, self.term(c, sc)?),
+                    [c] => (t(Node::Path(bx(Node::Id), vec![(Step::Iter, Opt::Essential)])), self.term(c, sc)?),
+                    _ => (t(Node::Path(bx(Node::Id), vec![(Step::Iter, Opt::Essential)])), t(Node::Id)),
+                };
+                Ok(t(Node::AnyAll(Box::new(generator), Box::new(cond), all)))
+            }
+            ("isempty", [g]) => {
+                Ok(t(Node::AnyAll(Box::new(self.term(g, sc)?), bx(Node::Lit(Value::Bool(false))), true)))
+            }
+            ("first", [f]) => Ok(t(Node::First(Box::new(self.term(f, sc)?)))),
             ("map", [f]) => Ok(t(Node::Map(Box::new(self.term(f, sc)?)))),
             ("with_entries", [f]) => Ok(t(Node::WithEntries(Box::new(self.term(f, sc)?)))),
             ("test", [re]) => Ok(t(Node::Test(regex(re)?))),
@@ -1462,6 +1482,25 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
             let acc = one(init, env, x.clone())?;
             fold(src, *slot, update, env, x, acc)
         }
+        Node::AnyAll(generator, cond, all) => {
+            // Settled by a truthy condition (any) or a falsy one (all).
+            let mut settled = false;
+            let r = eval(generator, env, x, &mut |env, item| {
+                if settled {
+                    return Ok(());
+                }
+                eval(cond, env, item, &mut |_, c| {
+                    settled = settled || c.truthy() != *all;
+                    Ok(())
+                })
+            });
+            match r {
+                // What comes after the settling output is never evaluated by jaq.
+                Err(_) if settled => {}
+                r => r?,
+            }
+            Ok(boolean(settled != *all))
+        }
         Node::Map(f) => {
             let mut list = Vec::new();
             for it in x.values()? {
@@ -1545,7 +1584,7 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
             }
             Ok(V::own(v))
         }
-        Node::Comma(..) | Node::Try(_) | Node::Empty | Node::Select(_) => Err(bail()),
+        Node::Comma(..) | Node::Try(_) | Node::Empty | Node::Select(_) | Node::First(_) => Err(bail()),
     }
 }
 
@@ -1625,6 +1664,20 @@ fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
             r
         }),
         Node::Select(c) => eval(c, env, x.clone(), &mut |env, y| if y.truthy() { out(env, x.clone()) } else { Ok(()) }),
+        Node::First(f) => {
+            let mut found = None;
+            let r = eval(f, env, x, &mut |_, v| {
+                if found.is_none() {
+                    found = Some(v);
+                }
+                Ok(())
+            });
+            match (found, r) {
+                // What comes after the first output is never evaluated by jaq.
+                (Some(v), _) => out(env, v),
+                (None, r) => r,
+            }
+        }
         Node::Reduce(src, slot, init, update) => eval(init, env, x.clone(), &mut |env, acc| {
             let y = fold(src, *slot, update, env, x.clone(), acc)?;
             out(env, y)
@@ -2060,6 +2113,35 @@ mod differential {
         ".a as $a | reduce (.l // [])[] as $x ($a; [., $x])",
         "reduce .[]? as $x (0; . + ($x | length))",
         "[reduce .[]? as $x (0; . + 1), reduce .[]? as $y (1; . * 2)]",
+        "any",
+        "all",
+        "any(. == 1)",
+        "all(. != null)",
+        "any(.[]?; . == \"x\")",
+        "all(.[]?; type == \"number\")",
+        "any(.l[]?; . == 3)",
+        "any((1, 2, error(\"late\")); . == 2)",
+        "any((1, error(\"early\"), 2); . == 2)",
+        "all((1, \"a\", error(\"late\")); type == \"number\")",
+        "all((1, 2); . > 0)",
+        "any(empty; .)",
+        "all(empty; .)",
+        "any(.[]?; (false, true, error(\"late\")))",
+        "[.[]? | any(.[]?; . == 1)]",
+        "try any(.[]; . + 1 > 2) catch \"caught\"",
+        "[.[]? | try all(.[]; . > 0)]",
+        "isempty(.[]?)",
+        "isempty(empty)",
+        "isempty(1, error(\"late\"))",
+        "isempty(error(\"early\"), 1)",
+        "[first(.[]?)]",
+        "[first(empty)]",
+        "first(1, error(\"late\"))",
+        "[first(error(\"early\"), 1)]",
+        "first(.l[]? | select(type == \"string\"))",
+        "[.[]? | first(.[]? | select(. != null))]",
+        "[first(.[]?), first(.e[]?.key)]",
+        "[try first(error(\"e\"), 1)]",
     ];
 
     #[test]
