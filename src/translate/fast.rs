@@ -803,6 +803,10 @@ enum Node {
     AnyAll(Box<T>, Box<T>, bool),
     /// `first(f)`: the first output of `f`, if any; nothing after it counts.
     First(Box<T>),
+    /// `last(f)`: the last output of `f`, if any.
+    Last(Box<T>),
+    /// `limit(n; f)` (`n` one-output): the first `n` outputs of `f`; nothing after them counts.
+    Limit(Box<T>, Box<T>),
 }
 
 #[derive(Debug)]
@@ -849,7 +853,7 @@ fn t(node: Node) -> T {
                         }
                 })
         }
-        Comma(..) | Try(_) | Empty | Select(_) | First(_) => false,
+        Comma(..) | Try(_) | Empty | Select(_) | First(_) | Last(_) | Limit(..) => false,
     };
     T { node, one }
 }
@@ -1265,6 +1269,14 @@ impl Compiler {
                 Ok(t(Node::AnyAll(Box::new(self.term(g, sc)?), bx(Node::Lit(Value::Bool(false))), true)))
             }
             ("first", [f]) => Ok(t(Node::First(Box::new(self.term(f, sc)?)))),
+            ("last", [f]) => Ok(t(Node::Last(Box::new(self.term(f, sc)?)))),
+            ("limit", [n, f]) => {
+                let n = self.term(n, sc)?;
+                if !n.one {
+                    return Err("`limit` with a count that is a generator".into());
+                }
+                Ok(t(Node::Limit(Box::new(n), Box::new(self.term(f, sc)?))))
+            }
             ("map", [f]) => Ok(t(Node::Map(Box::new(self.term(f, sc)?)))),
             ("with_entries", [f]) => Ok(t(Node::WithEntries(Box::new(self.term(f, sc)?)))),
             ("test", [re]) => Ok(t(Node::Test(regex(re)?))),
@@ -1584,7 +1596,13 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
             }
             Ok(V::own(v))
         }
-        Node::Comma(..) | Node::Try(_) | Node::Empty | Node::Select(_) | Node::First(_) => Err(bail()),
+        Node::Comma(..)
+        | Node::Try(_)
+        | Node::Empty
+        | Node::Select(_)
+        | Node::First(_)
+        | Node::Last(_)
+        | Node::Limit(..) => Err(bail()),
     }
 }
 
@@ -1675,6 +1693,41 @@ fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
             match (found, r) {
                 // What comes after the first output is never evaluated by jaq.
                 (Some(v), _) => out(env, v),
+                (None, r) => r,
+            }
+        }
+        Node::Last(f) => {
+            let mut last = None;
+            eval(f, env, x, &mut |_, v| {
+                last = Some(v);
+                Ok(())
+            })?;
+            last.map_or(Ok(()), |v| out(env, v))
+        }
+        Node::Limit(n, f) => {
+            // Whole counts only (jaq counts a fraction down past zero, and compares other values).
+            let mut left = match one(n, env, x.clone())?.val() {
+                Value::Number(m) => m.as_i64().ok_or(Stop::Bail)?,
+                _ => return Err(bail()),
+            };
+            if left <= 0 {
+                return Ok(());
+            }
+            let mut downstream = None;
+            let r = eval(f, env, x, &mut |env, v| {
+                if left == 0 {
+                    return Ok(());
+                }
+                left -= 1;
+                out(env, v).map_err(|e| {
+                    downstream = Some(e);
+                    Stop::Bail
+                })
+            });
+            match (downstream, r) {
+                (Some(e), _) => Err(e),
+                // What comes after the last output taken is never evaluated by jaq.
+                (None, Err(_)) if left == 0 => Ok(()),
                 (None, r) => r,
             }
         }
@@ -2142,6 +2195,20 @@ mod differential {
         "[.[]? | first(.[]? | select(. != null))]",
         "[first(.[]?), first(.e[]?.key)]",
         "[try first(error(\"e\"), 1)]",
+        "[last(.[]?)]",
+        "[last(empty)]",
+        "[last(1, error(\"late\"))]",
+        "[limit(2; .[]?)]",
+        "[limit(0; .[]?)]",
+        "[limit(-1; .[]?)]",
+        "[limit(1; 1, error(\"late\"))]",
+        "[limit(2; 1, error(\"early\"))]",
+        "[limit(1.5; .[]?)]",
+        "[limit(\"2\"; .[]?)]",
+        "[limit(2; .l[]? | select(. != null))]",
+        "[.[]? | [limit(1; .[]?)]]",
+        "[limit(3; .[]?) | . + 1]",
+        "[try limit(3; .[]? | . + 1)]",
     ];
 
     #[test]
@@ -2212,7 +2279,7 @@ mod differential {
             ("reduce .[] as [$a] (0; . + $a)", "destructuring"),
             ("[..]", "`..`"),
             ("try error(\"x\") catch .", "catch"),
-            ("[limit(2; .[])]", "limit"),
+            ("[limit(.[]; .[])]", "count that is a generator"),
             (".[] as [$a] | $a", "destructuring"),
             ("@base64", "@base64"),
             (".a += 1", "arithmetic update"),
