@@ -286,6 +286,39 @@ fn order(a: &Value, b: &Value) -> Result<std::cmp::Ordering, Stop> {
     }
 }
 
+/// jaq's `contains`: a substring, every element of a list in some element, every entry of an
+/// object in the same key's value, or else equality.
+fn contains(a: &Value, b: &Value) -> Result<bool, Stop> {
+    Ok(match (a, b) {
+        (Value::String(l), Value::String(r)) => l.contains(r.as_str()),
+        (Value::Array(l), Value::Array(r)) => {
+            for r in r {
+                let mut found = false;
+                for l in l {
+                    if contains(l, r)? {
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        (Value::Object(l), Value::Object(r)) => {
+            for (k, r) in r {
+                match l.get(k) {
+                    Some(l) if contains(l, r)? => {}
+                    _ => return Ok(false),
+                }
+            }
+            true
+        }
+        _ => equal(a, b)?,
+    })
+}
+
 /// jaq's equality (1 == 1.0; objects regardless of key order).
 fn equal(a: &Value, b: &Value) -> Result<bool, Stop> {
     Ok(match (a, b) {
@@ -451,6 +484,8 @@ enum F0 {
     Prune,
     Min,
     Max,
+    /// Of a list only (jaq's answer for anything else is its own).
+    Reverse,
 }
 
 /// Functions of the input and one value argument.
@@ -466,6 +501,7 @@ enum F1 {
     Unmapped,
     StixId,
     Index,
+    Contains,
 }
 
 fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
@@ -637,6 +673,16 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
             }
             Ok(best.map_or(V::In(&NULL), |b| V::own(b.clone())))
         }
+        F0::Reverse => match v {
+            Value::Array(_) => {
+                let mut v = x.into_value();
+                if let Value::Array(l) = &mut v {
+                    l.reverse();
+                }
+                Ok(V::own(v))
+            }
+            _ => Err(bail()),
+        },
         F0::Prune if !has_empty_inside(v) => Ok(x),
         F0::Prune => {
             // In place: what the program built is usually held once, so nothing is copied.
@@ -695,6 +741,7 @@ fn f1<'a>(f: F1, x: V<'a>, a: &V<'a>) -> Result<V<'a>, Stop> {
         (F1::Unmapped, _, _) => Err(Stop::Err),
         (F1::StixId, props, Value::String(ty)) => s(super::jq::stix_id(ty, props)),
         (F1::StixId, _, _) => Err(Stop::Err),
+        (F1::Contains, a, b) => Ok(boolean(contains(a, b)?)),
         (F1::Index, Value::Array(l), Value::Array(w)) if !w.is_empty() => {
             for (i, win) in l.windows(w.len()).enumerate() {
                 let mut same = true;
@@ -1269,6 +1316,13 @@ impl Compiler {
                 Ok(t(Node::AnyAll(Box::new(self.term(g, sc)?), bx(Node::Lit(Value::Bool(false))), true)))
             }
             ("first", [f]) => Ok(t(Node::First(Box::new(self.term(f, sc)?)))),
+            // jaq: `def abs: if . < 0 then - . end;`
+            ("abs", []) => Ok(t(Node::Ite(
+                bx(Node::Cmp(bx(Node::Id), Cmp::Lt, bx(Node::Lit(Value::from(0))))),
+                bx(Node::Neg(bx(Node::Id))),
+                bx(Node::Id),
+            ))),
+            ("reverse", []) => f0(F0::Reverse),
             ("last", [f]) => Ok(t(Node::Last(Box::new(self.term(f, sc)?)))),
             ("limit", [n, f]) => {
                 let n = self.term(n, sc)?;
@@ -1313,6 +1367,7 @@ impl Compiler {
                     "unmapped" => F1::Unmapped,
                     "stix_id" => F1::StixId,
                     "index" => F1::Index,
+                    "contains" => F1::Contains,
                     _ => return Err(format!("`{name}/1`")),
                 };
                 Ok(t(Node::F1(f, Box::new(self.term(a, sc)?))))
@@ -2209,6 +2264,23 @@ mod differential {
         "[.[]? | [limit(1; .[]?)]]",
         "[limit(3; .[]?) | . + 1]",
         "[try limit(3; .[]? | . + 1)]",
+        "[.[]? | abs]",
+        "abs",
+        "-5 | abs",
+        "-1.5 | abs",
+        "reverse",
+        ".l | reverse",
+        "[.[]? | contains(\"x\")]",
+        "contains({a: {b: 2}})",
+        "contains({a: {b: 3}})",
+        "contains([1, \"x\"])",
+        "contains([[1]])",
+        ".s | contains(\"b,\")",
+        ".l | contains([{k: 1}])",
+        "contains(null)",
+        "contains(42)",
+        "contains(42.0)",
+        "[.[]? | select(contains(\"ex\")?)]",
     ];
 
     #[test]
