@@ -854,6 +854,18 @@ enum Node {
     Last(Box<T>),
     /// `limit(n; f)` (`n` one-output): the first `n` outputs of `f`; nothing after them counts.
     Limit(Box<T>, Box<T>),
+    /// `sort_by(f)`, `group_by(f)`, `unique_by(f)`, `min_by(f)`, `max_by(f)` of a list: each
+    /// element keyed by the list of `f`'s outputs on it.
+    By(Box<T>, By),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum By {
+    Sort,
+    Group,
+    Unique,
+    Min,
+    Max,
 }
 
 #[derive(Debug)]
@@ -880,7 +892,7 @@ fn t(node: Node) -> T {
     use Node::*;
     let one = match &node {
         Id | Lit(_) | Var(_) | Arr(_) | Map(_) | WithEntries(_) | F0(_) | Test(_) | Sub(..) | Del(_) | Error(_)
-        | AnyAll(..) => true,
+        | AnyAll(..) | By(..) => true,
         Str(p) => p.iter().all(|p| matches!(p, Piece::Text(_)) || matches!(p, Piece::Term(t) if t.one)),
         Obj(kvs) => kvs.iter().all(|(k, v)| v.one && (matches!(k, Key::Text(_)) || matches!(k, Key::Term(t) if t.one))),
         Neg(a) | F1(_, a) | Assign(_, a) | Update(_, a) => a.one,
@@ -1316,6 +1328,16 @@ impl Compiler {
                 Ok(t(Node::AnyAll(Box::new(self.term(g, sc)?), bx(Node::Lit(Value::Bool(false))), true)))
             }
             ("first", [f]) => Ok(t(Node::First(Box::new(self.term(f, sc)?)))),
+            ("sort_by" | "group_by" | "unique_by" | "min_by" | "max_by", [f]) => {
+                let by = match name {
+                    "sort_by" => By::Sort,
+                    "group_by" => By::Group,
+                    "unique_by" => By::Unique,
+                    "min_by" => By::Min,
+                    _ => By::Max,
+                };
+                Ok(t(Node::By(Box::new(self.term(f, sc)?), by)))
+            }
             // jaq: `def abs: if . < 0 then - . end;`
             ("abs", []) => Ok(t(Node::Ite(
                 bx(Node::Cmp(bx(Node::Id), Cmp::Lt, bx(Node::Lit(Value::from(0))))),
@@ -1549,6 +1571,7 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
             let acc = one(init, env, x.clone())?;
             fold(src, *slot, update, env, x, acc)
         }
+        Node::By(f, by) => keyed_by(f, *by, env, x),
         Node::AnyAll(generator, cond, all) => {
             // Settled by a truthy condition (any) or a falsy one (all).
             let mut settled = false;
@@ -1701,6 +1724,96 @@ fn del_path(v: &mut Value, keys: &[String]) -> Result<(), Stop> {
         },
         _ => Err(bail()),
     }
+}
+
+/// Lists of keys compared as jaq compares them (element by element, then by length).
+fn order_keys(a: &[Value], b: &[Value]) -> Result<std::cmp::Ordering, Stop> {
+    for (x, y) in a.iter().zip(b) {
+        let o = order(x, y)?;
+        if o != std::cmp::Ordering::Equal {
+            return Ok(o);
+        }
+    }
+    Ok(a.len().cmp(&b.len()))
+}
+
+/// `sort_by`, `group_by`, `unique_by`, `min_by`, `max_by` (as jaq-std does them: a stable sort by
+/// the keys; groups of equal keys; the first least and the last greatest element).
+fn keyed_by<'a>(f: &'a T, by: By, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
+    let Value::Array(items) = x.val() else { return Err(bail()) };
+    let mut keyed: Vec<(Vec<Value>, usize)> = Vec::with_capacity(items.len());
+    for i in 0..items.len() {
+        let item = x.part(|v| v.get(i));
+        let mut key = Vec::new();
+        eval(f, env, item, &mut |_, k| {
+            key.push(k.into_value());
+            Ok(())
+        })?;
+        keyed.push((key, i));
+    }
+    let item = |i: usize| items[i].clone();
+    if matches!(by, By::Min | By::Max) {
+        let mut best: Option<&(Vec<Value>, usize)> = None;
+        for k in &keyed {
+            let replace = match best {
+                None => true,
+                Some(b) => {
+                    let o = order_keys(&k.0, &b.0)?;
+                    if by == By::Min {
+                        o == std::cmp::Ordering::Less
+                    } else {
+                        o != std::cmp::Ordering::Less
+                    }
+                }
+            };
+            if replace {
+                best = Some(k);
+            }
+        }
+        return Ok(best.map_or(V::In(&NULL), |b| V::own(item(b.1))));
+    }
+    let mut failed = false;
+    keyed.sort_by(|a, b| {
+        order_keys(&a.0, &b.0).unwrap_or_else(|_| {
+            failed = true;
+            std::cmp::Ordering::Equal
+        })
+    });
+    if failed {
+        return Err(bail());
+    }
+    if by == By::Sort {
+        return Ok(V::own(Value::Array(keyed.iter().map(|k| item(k.1)).collect())));
+    }
+    let mut groups: Vec<Vec<Value>> = Vec::new();
+    let mut last: Option<&Vec<Value>> = None;
+    for (key, i) in &keyed {
+        let same = match last {
+            Some(l) => {
+                l.len() == key.len() && {
+                    let mut eq = true;
+                    for (a, b) in l.iter().zip(key) {
+                        if !equal(a, b)? {
+                            eq = false;
+                            break;
+                        }
+                    }
+                    eq
+                }
+            }
+            None => false,
+        };
+        match groups.last_mut() {
+            Some(g) if same => g.push(item(*i)),
+            _ => groups.push(vec![item(*i)]),
+        }
+        last = Some(key);
+    }
+    Ok(V::own(Value::Array(if by == By::Unique {
+        groups.into_iter().filter_map(|g| g.into_iter().next()).collect()
+    } else {
+        groups.into_iter().map(Value::Array).collect()
+    })))
 }
 
 /// `reduce`: `update` (one output) applied to `acc` for each output of `src` on `x`, bound to
@@ -2281,6 +2394,27 @@ mod differential {
         "contains(42)",
         "contains(42.0)",
         "[.[]? | select(contains(\"ex\")?)]",
+        "sort_by(.)",
+        ".l | sort_by(type)",
+        ".l | sort_by(type, .)",
+        ".l | group_by(type)",
+        ".l | unique_by(type)",
+        ".l | min_by(type)",
+        ".l | max_by(type)",
+        "[] | min_by(.)",
+        "[] | max_by(.)",
+        "[] | group_by(.)",
+        ".e | sort_by(.value)",
+        ".e | group_by(.value == null)",
+        ".e | max_by(.key)",
+        "[3, 1.0, 1, 2] | sort_by(.)",
+        "[3, 1.0, 1, 2] | group_by(.)",
+        "[3, 1.0, 1, 2] | unique_by(.)",
+        "[3, 1.0, 1, 3.0] | min_by(.), max_by(.)",
+        "[{a: 2, b: 1}, {a: 1, b: 2}, {a: 2, b: 0}] | sort_by(.a), group_by(.a), min_by(.a), max_by(.a)",
+        "[.[]? | sort_by(.)?]",
+        "sort_by(empty)",
+        "sort_by(.a)",
     ];
 
     #[test]
