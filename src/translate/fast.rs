@@ -486,6 +486,9 @@ enum F0 {
     Max,
     /// Of a list only (jaq's answer for anything else is its own).
     Reverse,
+    /// In jaq's order: known for the record's objects and literals, not for objects the program
+    /// built with several keys (those go to jaq).
+    KeysUnsorted,
 }
 
 /// Functions of the input and one value argument.
@@ -522,6 +525,14 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
             Value::Object(m) => n(m.len() as i64),
         },
         F0::Type => s(["null", "boolean", "number", "string", "array", "object"][rank(v) as usize].to_owned()),
+        F0::KeysUnsorted => match v {
+            Value::Object(_) => {
+                let keys = x.entries(false)?.into_iter().map(|(k, _)| Value::String(k.to_owned())).collect();
+                Ok(V::own(Value::Array(keys)))
+            }
+            Value::Array(a) => Ok(V::own(Value::Array((0..a.len() as i64).map(Value::from).collect()))),
+            _ => Err(bail()),
+        },
         F0::Keys => match v {
             Value::Object(m) => Ok(V::own(Value::Array(m.keys().map(|k| Value::String(k.clone())).collect()))),
             Value::Array(a) => Ok(V::own(Value::Array((0..a.len() as i64).map(Value::from).collect()))),
@@ -1258,6 +1269,7 @@ impl Compiler {
             ("length", []) => f0(F0::Length),
             ("type", []) => f0(F0::Type),
             ("keys", []) => f0(F0::Keys),
+            ("keys_unsorted", []) => f0(F0::KeysUnsorted),
             ("tostring", []) => f0(F0::ToString),
             ("tonumber", []) => f0(F0::ToNumber),
             ("tojson", []) => f0(F0::ToJson),
@@ -2415,6 +2427,12 @@ mod differential {
         "[.[]? | sort_by(.)?]",
         "sort_by(empty)",
         "sort_by(.a)",
+        "keys_unsorted",
+        ".a | keys_unsorted",
+        "{b: 1, a: 2} | keys_unsorted",
+        "{b: 1} | keys_unsorted",
+        "{b: .x, a: .n} | keys_unsorted",
+        "[.[]? | keys_unsorted?]",
     ];
 
     #[test]
