@@ -1270,6 +1270,15 @@ impl Compiler {
             ("type", []) => f0(F0::Type),
             ("keys", []) => f0(F0::Keys),
             ("keys_unsorted", []) => f0(F0::KeysUnsorted),
+            // jaq: `def getpath($path): reduce $path[] as $p (.; .[$p]);`
+            ("getpath", [p]) => {
+                let path = self.term(p, sc)?;
+                let (path_slot, key_slot) = (self.slot(), self.slot());
+                let keys = t(Node::Path(bx(Node::Var(path_slot)), vec![(Step::Iter, Opt::Essential)]));
+                let step = t(Node::Path(bx(Node::Id), vec![(Step::Index(t(Node::Var(key_slot))), Opt::Essential)]));
+                let fold = t(Node::Reduce(Box::new(keys), key_slot, bx(Node::Id), Box::new(step)));
+                Ok(t(Node::Bind(Box::new(path), path_slot, Box::new(fold))))
+            }
             ("tostring", []) => f0(F0::ToString),
             ("tonumber", []) => f0(F0::ToNumber),
             ("tojson", []) => f0(F0::ToJson),
@@ -2433,6 +2442,18 @@ mod differential {
         "{b: 1} | keys_unsorted",
         "{b: .x, a: .n} | keys_unsorted",
         "[.[]? | keys_unsorted?]",
+        "getpath([\"a\", \"b\"])",
+        "getpath([\"a\", \"zz\"])",
+        "getpath([\"l\", 1])",
+        "getpath([\"l\", -1])",
+        "getpath([])",
+        "getpath([\"x\", \"y\"])",
+        "getpath([0])",
+        "getpath([null])",
+        "getpath([\"e\", 0, \"key\"])",
+        "[getpath([\"a\"], [\"k\"])]",
+        "getpath(\"a\")",
+        "[.[]? | getpath([\"k\"])?]",
     ];
 
     #[test]
