@@ -489,6 +489,9 @@ enum F0 {
     /// In jaq's order: known for the record's objects and literals, not for objects the program
     /// built with several keys (those go to jaq).
     KeysUnsorted,
+    /// jaq: `def flatten: [recurse(arrays[]) | select(isarray | not)];` (anything but a list is
+    /// one leaf).
+    Flatten,
 }
 
 /// Functions of the input and one value argument.
@@ -533,6 +536,17 @@ fn f0<'a>(f: F0, x: V<'a>) -> Result<V<'a>, Stop> {
             Value::Array(a) => Ok(V::own(Value::Array((0..a.len() as i64).map(Value::from).collect()))),
             _ => Err(bail()),
         },
+        F0::Flatten => {
+            fn leaves(v: &Value, out: &mut Vec<Value>) {
+                match v {
+                    Value::Array(items) => items.iter().for_each(|i| leaves(i, out)),
+                    other => out.push(other.clone()),
+                }
+            }
+            let mut out = Vec::new();
+            leaves(v, &mut out);
+            Ok(V::own(Value::Array(out)))
+        }
         F0::Keys => match v {
             Value::Object(m) => Ok(V::own(Value::Array(m.keys().map(|k| Value::String(k.clone())).collect()))),
             Value::Array(a) => Ok(V::own(Value::Array((0..a.len() as i64).map(Value::from).collect()))),
@@ -1270,6 +1284,7 @@ impl Compiler {
             ("type", []) => f0(F0::Type),
             ("keys", []) => f0(F0::Keys),
             ("keys_unsorted", []) => f0(F0::KeysUnsorted),
+            ("flatten", []) => f0(F0::Flatten),
             // jaq: `def getpath($path): reduce $path[] as $p (.; .[$p]);`
             ("getpath", [p]) => {
                 let path = self.term(p, sc)?;
@@ -2454,6 +2469,10 @@ mod differential {
         "[getpath([\"a\"], [\"k\"])]",
         "getpath(\"a\")",
         "[.[]? | getpath([\"k\"])?]",
+        "flatten",
+        ".l | flatten",
+        "[[1, [2, [3, []]]], 4, {a: [5]}] | flatten",
+        "[.[]? | flatten]",
     ];
 
     #[test]
