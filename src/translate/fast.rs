@@ -898,6 +898,9 @@ enum Node {
     Last(Box<T>),
     /// `limit(n; f)` (`n` one-output): the first `n` outputs of `f`; nothing after them counts.
     Limit(Box<T>, Box<T>),
+    /// `capture(re)` / `capture(re; flags)` with literals: per match (every match with `g`), an
+    /// object of the named groups that took part in it.
+    Capture(Regex, bool),
     /// `sort_by(f)`, `group_by(f)`, `unique_by(f)`, `min_by(f)`, `max_by(f)` of a list: each
     /// element keyed by the list of `f`'s outputs on it.
     By(Box<T>, By),
@@ -956,7 +959,7 @@ fn t(node: Node) -> T {
                         }
                 })
         }
-        Comma(..) | Try(_) | Empty | Select(_) | First(_) | Last(_) | Limit(..) => false,
+        Comma(..) | Try(_) | Empty | Select(_) | First(_) | Last(_) | Limit(..) | Capture(..) => false,
     };
     T { node, one }
 }
@@ -1365,6 +1368,22 @@ impl Compiler {
             }
             ("min", []) => f0(F0::Min),
             ("max", []) => f0(F0::Max),
+            ("capture", [re]) => Ok(t(Node::Capture(regex(re)?, false))),
+            ("capture", [re, flags]) => {
+                let flags = literal_str(flags).ok_or("regular expression flags that are not a literal")?;
+                let re = literal_str(re).ok_or("a regular expression that is not a literal")?;
+                let mut b = regex_bites::bytes::RegexBuilder::new(&re);
+                for f in flags.chars() {
+                    match f {
+                        'i' => b.case_insensitive(true),
+                        'x' => b.ignore_whitespace(true),
+                        's' => b.dot_matches_new_line(true),
+                        'g' => &mut b,
+                        _ => return Err(format!("regular expression flag `{f}`")),
+                    };
+                }
+                Ok(t(Node::Capture(b.build().map_err(|e| e.to_string())?, flags.contains('g'))))
+            }
             ("test", [re, flags]) => {
                 let flags = literal_str(flags).ok_or("regular expression flags that are not a literal")?;
                 let re = literal_str(re).ok_or("a regular expression that is not a literal")?;
@@ -1745,6 +1764,7 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
         | Node::Empty
         | Node::Select(_)
         | Node::First(_)
+        | Node::Capture(..)
         | Node::Last(_)
         | Node::Limit(..) => Err(bail()),
     }
@@ -1929,6 +1949,28 @@ fn eval<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>, out: Out<'_, 'a>) -> R {
                 (Some(v), _) => out(env, v),
                 (None, r) => r,
             }
+        }
+        Node::Capture(re, global) => {
+            let Value::String(text) = x.val() else { return Err(Stop::Err) };
+            let names: Vec<Option<&str>> = re.capture_names().collect();
+            for caps in re.captures_iter(text.as_bytes()) {
+                if caps.get(0).is_none_or(|m| m.start() == m.end()) {
+                    // Empty matches: jaq's rules for them are its own.
+                    return Err(bail());
+                }
+                let mut obj = Map::new();
+                for (i, name) in names.iter().enumerate() {
+                    if let (Some(name), Some(m)) = (name, caps.get(i)) {
+                        let s = std::str::from_utf8(m.as_bytes()).map_err(|_| bail())?;
+                        obj.insert((*name).to_owned(), Value::String(s.to_owned()));
+                    }
+                }
+                out(env, V::own(Value::Object(obj)))?;
+                if !*global {
+                    break;
+                }
+            }
+            Ok(())
         }
         Node::Last(f) => {
             let mut last = None;
@@ -2515,6 +2557,17 @@ mod differential {
         "add(empty)",
         "add(.e[]?.key)",
         "[add(1, 2), add(\"a\", \"b\"), add([1], [2])]",
+        "[.[]? | strings | capture(\"(?<first>[a-z])(?<rest>.*)\")]",
+        "\"alice@example.com\" | capture(\"(?<user>[^@]+)@(?<domain>.+)\")",
+        "\"alice\" | [capture(\"(?<user>[^@]+)@(?<domain>.+)\")]",
+        "\"ab\" | capture(\"(?<a>a)|(?<b>b)\")",
+        "\"ab\" | [capture(\"(?<a>a)|(?<b>b)\"; \"g\")]",
+        "\"AB\" | capture(\"(?<x>a)\"; \"i\")",
+        "\"xyz\" | capture(\"(y)\")",
+        "\"xyz\" | [capture(\"(?<n>q?)\")]",
+        "\"k1=v1,k2=v2\" | [capture(\"(?<k>\\\\w+)=(?<v>\\\\w+)\"; \"g\")]",
+        ".s | capture(\"(?<head>[a-z])-(?<tail>[a-z])\")",
+        "[.[]? | capture(\"(?<d>[0-9]+)\")?]",
     ];
 
     #[test]
