@@ -2247,6 +2247,10 @@ mod differential {
             json!("text"),
             json!(42),
             json!({"a": "str", "b": [], "c": {}, "d": "", "e": false}),
+            json!([{"k": "b", "v": 2}, {"k": "a", "v": 1.0}, {"k": "b", "v": null}, {"v": "x"}]),
+            json!(" \u{e9}t\u{e9} \u{2713} k=v, x@y.z \n"),
+            json!({"l": [[1, [2]], [], "s", {"k": [3]}], "e": [{"key": "z", "value": [1, 2]}], "s": "AbC-123"}),
+            json!([[3, 1], [2, "x"], [], [null, true]]),
         ]
     }
 
