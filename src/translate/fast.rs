@@ -898,6 +898,9 @@ enum Node {
     Last(Box<T>),
     /// `limit(n; f)` (`n` one-output): the first `n` outputs of `f`; nothing after them counts.
     Limit(Box<T>, Box<T>),
+    /// `map_values(f)` (`.[] |= f` in jaq): in a list every output of `f` per element, in an object
+    /// the first output per value (none: the key goes).
+    MapValues(Box<T>),
     /// `capture(re)` / `capture(re; flags)` with literals: per match (every match with `g`), an
     /// object of the named groups that took part in it.
     Capture(Regex, bool),
@@ -939,7 +942,7 @@ fn t(node: Node) -> T {
     use Node::*;
     let one = match &node {
         Id | Lit(_) | Var(_) | Arr(_) | Map(_) | WithEntries(_) | F0(_) | Test(_) | Sub(..) | Del(_) | Error(_)
-        | AnyAll(..) | By(..) => true,
+        | AnyAll(..) | By(..) | MapValues(_) => true,
         Str(p) => p.iter().all(|p| matches!(p, Piece::Text(_)) || matches!(p, Piece::Term(t) if t.one)),
         Obj(kvs) => kvs.iter().all(|(k, v)| v.one && (matches!(k, Key::Text(_)) || matches!(k, Key::Term(t) if t.one))),
         Neg(a) | F1(_, a) | Assign(_, a) | Update(_, a) => a.one,
@@ -1413,6 +1416,7 @@ impl Compiler {
                 Ok(t(Node::AnyAll(Box::new(self.term(g, sc)?), bx(Node::Lit(Value::Bool(false))), true)))
             }
             ("first", [f]) => Ok(t(Node::First(Box::new(self.term(f, sc)?)))),
+            ("map_values", [f]) => Ok(t(Node::MapValues(Box::new(self.term(f, sc)?)))),
             ("sort_by" | "group_by" | "unique_by" | "min_by" | "max_by", [f]) => {
                 let by = match name {
                     "sort_by" => By::Sort,
@@ -1657,6 +1661,41 @@ fn one<'a>(t: &'a T, env: &mut Env<'a>, x: V<'a>) -> Result<V<'a>, Stop> {
             fold(src, *slot, update, env, x, acc)
         }
         Node::By(f, by) => keyed_by(f, *by, env, x),
+        Node::MapValues(f) => match x.val() {
+            Value::Array(items) => {
+                let mut list = Vec::with_capacity(items.len());
+                for i in 0..items.len() {
+                    eval(f, env, x.part(|v| v.get(i)), &mut |_, y| {
+                        list.push(y.into_value());
+                        Ok(())
+                    })?;
+                }
+                Ok(V::own(Value::Array(list)))
+            }
+            Value::Object(_) => {
+                // Every value is mapped whatever the order, and any error is the answer's: the
+                // order of the entries cannot matter.
+                let mut obj = Map::new();
+                for (k, v) in x.entries(true)? {
+                    let mut first = None;
+                    let r = eval(f, env, v, &mut |_, y| {
+                        if first.is_none() {
+                            first = Some(y);
+                        }
+                        Ok(())
+                    });
+                    match (first, r) {
+                        // What comes after the first output is never evaluated by jaq.
+                        (Some(y), _) => {
+                            obj.insert(k.to_owned(), y.into_value());
+                        }
+                        (None, r) => r?,
+                    }
+                }
+                Ok(V::own(Value::Object(obj)))
+            }
+            _ => Err(Stop::Err),
+        },
         Node::AnyAll(generator, cond, all) => {
             // Settled by a truthy condition (any) or a falsy one (all).
             let mut settled = false;
@@ -2572,6 +2611,17 @@ mod differential {
         "\"k1=v1,k2=v2\" | [capture(\"(?<k>\\\\w+)=(?<v>\\\\w+)\"; \"g\")]",
         ".s | capture(\"(?<head>[a-z])-(?<tail>[a-z])\")",
         "[.[]? | capture(\"(?<d>[0-9]+)\")?]",
+        "map_values(. + 1)",
+        "map_values(.)",
+        "map_values(empty)",
+        "map_values(., .)",
+        "map_values(select(. != null))",
+        "map_values(tostring)",
+        ".a | map_values(tostring)",
+        "{a: 1, b: null, c: 3} | map_values(select(. != null))",
+        "{a: 1, b: 2} | map_values((. * 10), error(\"late\"))",
+        "[1, 2] | map_values((. * 10), 0)",
+        "[.[]? | map_values(type)?]",
     ];
 
     #[test]
