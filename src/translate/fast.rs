@@ -2166,7 +2166,13 @@ fn object<'a>(
     out: Out<'_, 'a>,
 ) -> R {
     let Some((k, v)) = kvs.get(i) else { return out(env, V::own(Value::Object(acc))) };
-    let k = key(k, env, x)?;
+    // jaq pairs a computed key with each output of the value: with none, the key's error never
+    // surfaces there, so such an error goes to jaq.
+    let k = match key(k, env, x) {
+        Ok(k) => k,
+        Err(Stop::Err) if !has_item(v, env, x.clone())? => return Err(bail()),
+        Err(e) => return Err(e),
+    };
     if v.one {
         let mut acc = acc;
         acc.insert(k, one(v, env, x.clone())?.into_value());
@@ -2181,14 +2187,18 @@ fn object<'a>(
 
 fn path<'a>(steps: &'a [(Step, Opt)], env: &mut Env<'a>, x: &V<'a>, v: V<'a>, out: Out<'_, 'a>) -> R {
     let Some(((step, opt), rest)) = steps.split_first() else { return out(env, v) };
+    // `?` covers the indexing, not the evaluation of the index: its errors always count.
     let got: Result<Vec<V<'a>>, Stop> = match step {
         Step::Key(k) => field(&v, k).map(|y| vec![y]),
-        Step::Index(i) => one(i, env, x.clone()).and_then(|i| index(&v, i.val())).map(|y| vec![y]),
-        Step::Slice(from, upto) => (|| {
+        Step::Index(i) => {
+            let i = one(i, env, x.clone())?;
+            index(&v, i.val()).map(|y| vec![y])
+        }
+        Step::Slice(from, upto) => {
             let from = from.as_ref().map(|f| one(f, env, x.clone())).transpose()?;
             let upto = upto.as_ref().map(|f| one(f, env, x.clone())).transpose()?;
             slice(&v, from.as_ref().map(V::val), upto.as_ref().map(V::val)).map(|y| vec![y])
-        })(),
+        }
         Step::Iter => v.values(),
     };
     let ys = match (got, opt) {
@@ -2614,6 +2624,10 @@ mod differential {
         "[.[]? | [(.[0]) < (sort_by(.)?)]?]",
         "[(1, error(\"x\")) + empty]",
         "[(1, 2) + (10, 20)]",
+        "[.[(\"\" - .k) | tostring]?]",
+        "[.[1:(.k | error)]?]",
+        "[.[]? | {(.k // \"z\"): select(.a?)}]",
+        "[.[]? | {(.k): empty}]",
         "[] | sort_by(error)",
         "[[null] | group_by(error)?]",
         "[[null] | min_by(error)?]",
@@ -2775,6 +2789,20 @@ mod differential {
             "contains({})?",
             "flatten?",
             "reverse?",
+            "{{a: ({}), b: .k}}",
+            "{{a: 1, b: ({})}}",
+            "{{(.k // \"z\"): ({})}}",
+            ".[({}) | tostring]?",
+            "[.[]?] | .[({}) | length?]?",
+            "with_entries(select({}))?",
+            "({}) | ascii_downcase?",
+            "[({}) | tostring] | join(\",\")",
+            "({}) // empty",
+            "[({})] | sort?",
+            "[({})] | unique",
+            "({}) | to_entries?",
+            "({}) | split(\",\")?",
+            "({}) | test(\"a\")?",
         ];
         const BINARY: &[&str] = &[
             "{} | {}",
